@@ -1,0 +1,42 @@
+# medgen: `make demo` trains on synthetic demo data, `make test` runs the test suite.
+# GPU users: TORCH can name another build, e.g. `make demo TORCH="torch==2.13.0 --index-url <your CUDA wheel index>"`.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+NPROC ?= 2
+DEMO_DIR ?= demo_data
+DEMO_RUN ?= runs/demo
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.medgen-installed
+
+.PHONY: demo demo-3d test install clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e ".[dev,dicom]"
+	touch $(STAMP)
+
+# Small model, 64x64 patches, no perceptual network (its weights are not shipped): a few minutes on 2 CPU cores.
+DEMO_SET := --set data_base_dir=$(DEMO_DIR) --set run_dir=$(DEMO_RUN) --set data_source=both \
+	--set autoencoder_def.channels=[16,32,32] --set autoencoder_def.norm_num_groups=8 \
+	--set autoencoder_def.num_res_blocks=1 --set autoencoder_def.latent_channels=4 \
+	--set autoencoder_def.attention_levels=[false,false,true] \
+	--set autoencoder_train.patch_size=[64,64] --set autoencoder_train.batch_size=4 \
+	--set autoencoder_train.max_epochs=3 --set autoencoder_train.lr=1e-4 \
+	--set autoencoder_train.perceptual_weight=0.0 --set autoencoder_train.adv_warmup_epochs=1 \
+	--set num_workers=0
+
+demo: $(STAMP)
+	$(BIN)/medgen demo-data $(DEMO_DIR) --spatial-dims 2 --count 24 --size 96 --seed 0
+	$(BIN)/torchrun --standalone --nproc_per_node=$(NPROC) scripts/train_vae.py vae_config.json $(DEMO_SET)
+	@echo "Done. Checkpoints: $(DEMO_RUN)/checkpoints  TensorBoard: $(BIN)/tensorboard --logdir $(DEMO_RUN)"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+clean:
+	rm -rf $(DEMO_DIR) $(DEMO_RUN)
