@@ -1,0 +1,12 @@
+"""Typed, validated configs loaded from JSON with dotted ``--set`` overrides."""
+
+from medgen.config.core import ConfigError, apply_overrides, from_dict, read_json, to_dict
+from medgen.config.vae import (
+    AutoencoderDef,
+    AutoencoderTrain,
+    DiscriminatorDef,
+    RunConfig,
+    VAEConfig,
+    default_config_dict,
+    load_config,
+)

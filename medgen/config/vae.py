@@ -1,0 +1,206 @@
+"""The VAE config (``vae_config.json``): every key with its default and meaning.
+
+Keys and defaults of the paths, data, ``autoencoder_def`` and ``autoencoder_train`` sections follow the
+project's config specification; the remaining keys are what the trainer needs besides. ``RunConfig``
+holds the keys every medgen trainer shares (paths, data, run settings).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from medgen.config.core import ConfigError, apply_overrides, from_dict, read_json
+
+
+@dataclass
+class RunConfig:
+    # --- paths ---
+    data_base_dir: str = "data"  # folder holding edente/ and dente/
+    run_dir: str = "runs/vae"  # checkpoints, TensorBoard logs, resolved config, reports
+    resume_ckpt: bool = False  # resume from checkpoint_dir (or run_dir/checkpoints/last.pt when it is null)
+    checkpoint_dir: str | None = None  # checkpoint file to resume from (used only when resume_ckpt is true)
+    # --- data ---
+    data_source: Literal["edente", "dente", "both"] = "edente"  # which class folders to train on
+    train_split: float = 0.9  # fraction of images for training; the rest validate (ignored when val_dir is set)
+    val_dir: str | None = None  # separate validation folder (with edente/ dente/ or images directly)
+    augment: bool = False  # random flips, small rotations, intensity jitter on training patches
+    spatial_dims: Literal[2, 3] = 2  # 2: radiographs, 3: CBCT volumes
+    patch_mode: Literal["crop", "resize"] = "crop"  # random crops of patch_size, or whole images resized to it
+    intensity_percentiles: tuple[float, ...] = (0.5, 99.5)  # per-image window mapped to [0, 1] (clipped)
+    cache: Literal["disk", "memory", "none"] = "disk"  # decoded images cached on disk (shared by ranks) or in RAM
+    cache_dir: str | None = None  # disk cache location (default run_dir/cache)
+    skip_bad_files: bool = False  # train on the usable files and list the others in run_dir, instead of stopping
+    scan_workers: int = 2  # processes reading files in the pre-training data check (0: serial)
+    # --- run ---
+    seed: int = 42  # global seed; rank r uses seed + r for its own randomness; the split uses seed
+    num_workers: int = 4  # DataLoader worker processes per rank
+    amp: bool = False  # mixed precision (bf16/fp16 autocast) on CUDA; ignored on CPU
+    checkpoint_interval: int = 1  # write run_dir/checkpoints/last.pt every N epochs (and at the end)
+    log_interval: int = 10  # steps between scalar logs (losses are averaged over them)
+    num_val_images: int = 4  # images in the TensorBoard validation grid
+    backend: Literal["auto", "nccl", "gloo"] = "auto"  # torch.distributed backend (auto: nccl on GPU, gloo on CPU)
+
+    def validate(self) -> None:
+        if not 0.0 < self.train_split < 1.0:
+            raise ConfigError(f"train_split={self.train_split} must be between 0 and 1 (exclusive), e.g. 0.9")
+        lo, hi = (self.intensity_percentiles + (None, None))[:2]
+        if len(self.intensity_percentiles) != 2 or not 0 <= lo < hi <= 100:
+            raise ConfigError(f"intensity_percentiles={list(self.intensity_percentiles)} must be [low, high] with 0 <= low < high <= 100")
+        for name in ("num_workers", "scan_workers"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)} must be 0 or more")
+        for name in ("checkpoint_interval", "log_interval", "num_val_images"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be at least 1")
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return ("edente", "dente") if self.data_source == "both" else (self.data_source,)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return Path(self.run_dir) / "checkpoints" / "last.pt"
+
+
+@dataclass
+class AutoencoderDef:
+    spatial_dims: Literal[2, 3] = 2  # must match the top-level spatial_dims
+    in_channels: int = 1
+    out_channels: int = 1
+    latent_channels: int = 4  # more: less compression, better detail
+    channels: tuple[int, ...] = (64, 128, 256)  # channels per level; len-1 downsamplings by 2
+    num_res_blocks: int = 2  # residual blocks per level
+    norm_num_groups: int = 32  # GroupNorm groups; must divide every channel count
+    norm_eps: float = 1e-6
+    attention_levels: tuple[bool, ...] = (False, False, False)  # self-attention per level
+    with_encoder_nonlocal_attn: bool = True  # attention in the encoder bottleneck
+    with_decoder_nonlocal_attn: bool = True  # attention in the decoder bottleneck
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.channels) - 1)
+
+    def validate(self, prefix: str = "autoencoder_def.") -> None:
+        for name in ("in_channels", "out_channels", "latent_channels", "num_res_blocks", "norm_num_groups"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{prefix}{name}={getattr(self, name)} must be at least 1")
+        if not self.channels or any(c < 1 for c in self.channels):
+            raise ConfigError(f"{prefix}channels={list(self.channels)} must be a non-empty list of positive integers")
+        bad = [c for c in self.channels if c % self.norm_num_groups]
+        if bad:
+            divisors = [g for g in (32, 64, 48, 24, 16, 8, 4, 2, 1) if all(c % g == 0 for c in self.channels)]
+            raise ConfigError(
+                f"{prefix}norm_num_groups={self.norm_num_groups} does not divide channel count {bad[0]} of "
+                f"{prefix}channels={list(self.channels)}; use a common divisor such as {divisors[0]}"
+            )
+        if len(self.attention_levels) != len(self.channels):
+            raise ConfigError(
+                f"{prefix}attention_levels has {len(self.attention_levels)} entries but {prefix}channels has "
+                f"{len(self.channels)}; give one true/false per level"
+            )
+
+
+@dataclass
+class DiscriminatorDef:
+    channels: int = 64  # channels of the first PatchGAN layer (doubled per layer)
+    num_layers_d: int = 3  # strided layers; the receptive field grows with each
+    norm: Literal["INSTANCE", "BATCH", "GROUP"] = "INSTANCE"  # INSTANCE is DDP-safe; BATCH becomes SyncBatchNorm under DDP
+    kernel_size: int = 4
+
+
+@dataclass
+class AutoencoderTrain:
+    batch_size: int = 8  # per process (per GPU)
+    patch_size: tuple[int, ...] = (256, 256)  # one entry per spatial dim, divisible by the model's downsampling
+    max_epochs: int = 100
+    val_interval: int = 1  # validate every N epochs
+    lr: float = 2.5e-5  # per-process LR; the effective LR is lr x world_size
+    perceptual_weight: float = 1.0  # 0 disables the perceptual loss
+    kl_weight: float = 1e-6
+    recon_loss: Literal["l1", "l2"] = "l1"
+    adv_weight: float = 0.01  # weight of the patch-adversarial term in the generator loss
+    adv_warmup_epochs: int = 5  # epochs trained without the adversarial terms (discriminator idle)
+    disc_lr: float | None = None  # discriminator LR before world-size scaling (null: same as lr)
+    betas: tuple[float, ...] = (0.5, 0.9)  # Adam betas for both networks
+    weight_decay: float = 0.0
+    lr_scheduler: Literal["constant", "cosine"] = "constant"  # cosine decays to 0 over max_epochs
+    grad_clip: float | None = None  # max gradient norm for both networks (null: off)
+    perceptual_network: str = "radimagenet_resnet50"  # MONAI PerceptualLoss network_type
+    perceptual_weights: str | None = None  # local weights file (for torchvision-based networks such as resnet50)
+    perceptual_cache_dir: str | None = None  # torch hub cache holding the network (default: $TORCH_HOME/hub)
+    fake_3d_ratio: float = 0.5  # fraction of slices used by the 2.5D perceptual loss on volumes
+
+    def validate(self, spatial_dims: int, ae: AutoencoderDef, prefix: str = "autoencoder_train.") -> None:
+        for name in ("batch_size", "max_epochs", "val_interval"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{prefix}{name}={getattr(self, name)} must be at least 1")
+        for name in ("lr", "kl_weight", "perceptual_weight", "adv_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{prefix}{name}={getattr(self, name)} must not be negative")
+        if self.lr == 0:
+            raise ConfigError(f"{prefix}lr=0 would not train; typical values are 1e-5 to 5e-5")
+        if len(self.patch_size) != spatial_dims:
+            raise ConfigError(
+                f"{prefix}patch_size={list(self.patch_size)} has {len(self.patch_size)} entries but spatial_dims={spatial_dims}; "
+                f"give one size per spatial dimension, e.g. {[self.patch_size[0]] * spatial_dims}"
+            )
+        f = ae.downsample_factor
+        bad = [p for p in self.patch_size if p % f or p < f]
+        if bad:
+            fixed = [max(f, round(p / f) * f) for p in self.patch_size]
+            raise ConfigError(
+                f"{prefix}patch_size={list(self.patch_size)}: {bad[0]} is not divisible by {f}, the downsampling of "
+                f"autoencoder_def.channels={list(ae.channels)}; use e.g. {fixed}"
+            )
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"{prefix}betas={list(self.betas)} must be two numbers in [0, 1), e.g. [0.5, 0.9]")
+
+
+@dataclass
+class VAEConfig(RunConfig):
+    autoencoder_def: AutoencoderDef = field(default_factory=AutoencoderDef)
+    discriminator_def: DiscriminatorDef = field(default_factory=DiscriminatorDef)
+    autoencoder_train: AutoencoderTrain = field(default_factory=AutoencoderTrain)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.autoencoder_def.spatial_dims != self.spatial_dims:
+            raise ConfigError(
+                f"autoencoder_def.spatial_dims={self.autoencoder_def.spatial_dims} disagrees with spatial_dims={self.spatial_dims}; "
+                "set both to 2 (radiographs) or both to 3 (volumes)"
+            )
+        self.autoencoder_def.validate()
+        self.autoencoder_train.validate(self.spatial_dims, self.autoencoder_def)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "VAEConfig":
+        cfg = from_dict(cls, data)
+        cfg.validate()
+        return cfg
+
+
+def load_config(path: str | Path | None, overrides: list[str] = (), cls=VAEConfig):
+    """Read a config file (or the defaults when ``path`` is None), apply ``--set`` overrides, validate."""
+    data = read_json(path) if path is not None else {}
+    apply_overrides(data, list(overrides))
+    return cls.from_dict(data)
+
+
+def default_config_dict(cls=VAEConfig) -> dict:
+    """Every key with its default, as JSON data (the content of the top-level config file)."""
+    from medgen.config.core import to_dict
+
+    return to_dict(cls())
+
+
+__all__ = [
+    "AutoencoderDef",
+    "AutoencoderTrain",
+    "DiscriminatorDef",
+    "RunConfig",
+    "VAEConfig",
+    "load_config",
+    "default_config_dict",
+]

@@ -1,0 +1,93 @@
+"""AutoencoderKL and PatchDiscriminator factories (MONAI core), and loading trained autoencoders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from monai.networks.nets import AutoencoderKL, PatchDiscriminator
+
+from medgen.config import AutoencoderDef, ConfigError, DiscriminatorDef, from_dict
+
+
+def build_autoencoder(ae_def: AutoencoderDef) -> AutoencoderKL:
+    """MONAI ``AutoencoderKL`` from ``autoencoder_def`` (GroupNorm, per-level attention, non-local attention)."""
+    return AutoencoderKL(
+        spatial_dims=ae_def.spatial_dims,
+        in_channels=ae_def.in_channels,
+        out_channels=ae_def.out_channels,
+        channels=tuple(ae_def.channels),
+        latent_channels=ae_def.latent_channels,
+        num_res_blocks=ae_def.num_res_blocks,
+        norm_num_groups=ae_def.norm_num_groups,
+        norm_eps=ae_def.norm_eps,
+        attention_levels=tuple(ae_def.attention_levels),
+        with_encoder_nonlocal_attn=ae_def.with_encoder_nonlocal_attn,
+        with_decoder_nonlocal_attn=ae_def.with_decoder_nonlocal_attn,
+    )
+
+
+def build_discriminator(disc_def: DiscriminatorDef, spatial_dims: int, in_channels: int) -> PatchDiscriminator:
+    """MONAI ``PatchDiscriminator``; its last output is the patch logit map."""
+    return PatchDiscriminator(
+        spatial_dims=spatial_dims,
+        num_layers_d=disc_def.num_layers_d,
+        channels=disc_def.channels,
+        in_channels=in_channels,
+        out_channels=1,
+        kernel_size=disc_def.kernel_size,
+        norm=disc_def.norm,
+    )
+
+
+def _as_ae_def(autoencoder_def: AutoencoderDef | Mapping[str, Any] | None, ckpt: Mapping[str, Any]) -> AutoencoderDef:
+    if isinstance(autoencoder_def, AutoencoderDef):
+        return autoencoder_def
+    if autoencoder_def is not None:
+        return from_dict(AutoencoderDef, dict(autoencoder_def), prefix="autoencoder_def.")
+    config = ckpt.get("config") if isinstance(ckpt.get("config"), Mapping) else None
+    if config is None or "autoencoder_def" not in config:
+        raise ConfigError("the checkpoint holds no config; pass autoencoder_def (the architecture it was trained with)")
+    return from_dict(AutoencoderDef, dict(config["autoencoder_def"]), prefix="autoencoder_def.")
+
+
+def load_autoencoder(
+    path: str | Path,
+    autoencoder_def: AutoencoderDef | Mapping[str, Any] | None = None,
+    map_location: str | torch.device = "cpu",
+) -> AutoencoderKL:
+    """A ready AutoencoderKL (eval mode) from a checkpoint file.
+
+    Args:
+        path: a medgen checkpoint (weights under ``autoencoder``), a plain ``state_dict`` of MONAI's
+            AutoencoderKL, or a state dict saved by the archived monai-generative package (its attention
+            blocks use other names; MONAI's ``load_old_state_dict`` maps them).
+        autoencoder_def: the architecture; optional for medgen checkpoints, which carry their config.
+        map_location: device for the loaded tensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(ckpt, Mapping):
+        raise ValueError(f"{path} does not hold a state dict or a medgen checkpoint")
+    state = ckpt.get("autoencoder", ckpt)
+    if "state_dict" in state and isinstance(state["state_dict"], Mapping):
+        state = state["state_dict"]
+    model = build_autoencoder(_as_ae_def(autoencoder_def, ckpt))
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if set(state) == set(model.state_dict()):
+        model.load_state_dict(state)
+    else:
+        # monai-generative's AttentionBlock defined `proj_attn` but never applied it; MONAI would map it onto
+        # `out_proj`, which it does apply. Dropping it makes MONAI use an identity projection: the old outputs.
+        old = {k: v for k, v in state.items() if ".proj_attn." not in k}
+        try:
+            model.load_old_state_dict(old)
+        except (KeyError, RuntimeError) as e:
+            raise ValueError(
+                f"{path} does not match autoencoder_def (neither a MONAI nor a monai-generative AutoencoderKL "
+                f"state dict of this architecture): {e}"
+            ) from None
+    return model.to(map_location).eval()
