@@ -1,0 +1,53 @@
+"""Shared fixtures: demo data sets written once per session, tiny model overrides."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A model small enough for 2 CPU cores: 2 levels (8, 16), attention on the deeper level, 32x32 patches.
+TINY = [
+    "autoencoder_def.channels=[8,16]", "autoencoder_def.norm_num_groups=4", "autoencoder_def.num_res_blocks=1",
+    "autoencoder_def.latent_channels=2", "autoencoder_def.attention_levels=[false,true]",
+    "discriminator_def.channels=8", "discriminator_def.num_layers_d=2",
+    "autoencoder_train.patch_size=[32,32]", "autoencoder_train.batch_size=2", "autoencoder_train.max_epochs=2",
+    "autoencoder_train.perceptual_weight=0", "autoencoder_train.adv_warmup_epochs=1", "autoencoder_train.lr=1e-4",
+    "num_workers=0", "scan_workers=0", "data_source=both", "log_interval=1",
+]
+
+
+@pytest.fixture(scope="session")
+def demo2d(tmp_path_factory) -> Path:
+    from medgen.data.demo import write_demo_dataset
+
+    return write_demo_dataset(tmp_path_factory.mktemp("demo2d"), spatial_dims=2, count=5, size=40, seed=0)
+
+
+@pytest.fixture(scope="session")
+def demo3d(tmp_path_factory) -> Path:
+    from medgen.data.demo import write_demo_dataset
+
+    return write_demo_dataset(tmp_path_factory.mktemp("demo3d"), spatial_dims=3, count=3, size=16, seed=0)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(args: list[str], timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m torch.distributed.run ARGS`` on CPU; fail the test with its output on error."""
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", *args], cwd=ROOT, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        pytest.fail(f"torchrun {' '.join(args)} exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc

@@ -1,0 +1,125 @@
+"""The main job: single process, DDP on gloo (real torchrun processes), resume, restart, two nodes, 3D."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import TINY, free_port, torchrun
+from medgen.training.checkpoint import load_checkpoint
+from medgen.training.vae import main
+
+
+def _tb_tags(run_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    return acc
+
+
+def _same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_single_process_run_writes_checkpoints_tensorboard_and_run_info(demo2d, tmp_path):
+    run = tmp_path / "run"
+    assert main(["vae_config.json", *[f"--set={o}" for o in TINY], f"--set=data_base_dir={demo2d}", f"--set=run_dir={run}"]) == 0
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")  # weights_only=True
+    assert {"autoencoder", "discriminator", "opt_g", "opt_d", "sched_g", "sched_d", "scaler_g", "scaler_d",
+            "epoch", "global_step", "rng", "config"} <= ckpt.keys()
+    assert ckpt["epoch"] == 2 and ckpt["global_step"] > 0
+    assert (run / "checkpoints" / "best.pt").is_file()
+    assert json.loads((run / "config.json").read_text())["autoencoder_def"]["channels"] == [8, 16]
+    assert "torch" in json.loads((run / "versions.json").read_text())
+    acc = _tb_tags(run)
+    scalars = set(acc.Tags()["scalars"])
+    for tag in ("loss/recon", "loss/kl", "loss/gen_adv", "loss/disc_real", "loss/disc_fake", "lr/generator",
+                "throughput/images_per_s", "val/psnr", "val/ssim"):
+        assert tag in scalars, tag
+    assert "val/input_vs_reconstruction" in acc.Tags()["images"]
+    # adversarial terms are off during the warm-up epoch and on afterwards
+    gen_adv = [e.value for e in acc.Scalars("epoch/loss/gen_adv")]
+    assert gen_adv[0] == 0 and gen_adv[1] > 0
+
+
+def _ddp_run(demo, run, extra=(), nproc=2, env=None, torchrun_args=()):
+    sets = [f"--set={o}" for o in (*TINY, f"data_base_dir={demo}", f"run_dir={run}", *extra)]
+    return torchrun(["--standalone", f"--nproc_per_node={nproc}", *torchrun_args, "tests/ddp_worker.py", "vae_config.json", *sets], env=env)
+
+
+@pytest.fixture(scope="module")
+def ddp_two_epochs(demo2d, tmp_path_factory):
+    run = tmp_path_factory.mktemp("ddp") / "full"
+    _ddp_run(demo2d, run)
+    return run
+
+
+def test_two_processes_scale_lr_and_end_with_identical_weights(ddp_two_epochs):
+    r0 = torch.load(ddp_two_epochs / "weights_rank0.pt", weights_only=True)
+    r1 = torch.load(ddp_two_epochs / "weights_rank1.pt", weights_only=True)
+    assert r0["lr_g"] == pytest.approx(2 * 1e-4) and r0["lr_d"] == pytest.approx(2 * 1e-4)
+    assert _same_weights(r0["autoencoder"], r1["autoencoder"])
+    assert _same_weights(r0["discriminator"], r1["discriminator"])
+    versions = json.loads((ddp_two_epochs / "versions.json").read_text())
+    assert versions["world_size"] == 2 and versions["effective_lr"]["generator"] == pytest.approx(2e-4)
+
+
+def test_stop_after_epoch_one_and_resume_is_bitwise_equal(demo2d, ddp_two_epochs, tmp_path):
+    run = tmp_path / "resumed"
+    _ddp_run(demo2d, run, ["autoencoder_train.max_epochs=1"])
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 1
+    _ddp_run(demo2d, run, ["resume_ckpt=true"])
+    full = load_checkpoint(ddp_two_epochs / "checkpoints" / "last.pt")
+    resumed = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert resumed["epoch"] == 2
+    assert _same_weights(full["autoencoder"], resumed["autoencoder"])
+    assert _same_weights(full["discriminator"], resumed["discriminator"])
+
+
+def test_worker_killed_mid_epoch_restarts_from_last_checkpoint(demo2d, ddp_two_epochs, tmp_path):
+    run = tmp_path / "restarted"
+    proc = _ddp_run(demo2d, run, env={"MEDGEN_TEST_CRASH_EPOCH": "1"}, torchrun_args=["--max-restarts=1"])
+    assert "resumed from" in proc.stderr + proc.stdout
+    restarted = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert restarted["epoch"] == 2
+    full = load_checkpoint(ddp_two_epochs / "checkpoints" / "last.pt")
+    assert _same_weights(full["autoencoder"], restarted["autoencoder"])
+
+
+def test_two_nodes_on_loopback_train(demo2d, tmp_path):
+    import subprocess
+    import sys
+    import os
+
+    run = tmp_path / "two_nodes"
+    port = free_port()
+    sets = [f"--set={o}" for o in (*TINY, f"data_base_dir={demo2d}", f"run_dir={run}", "autoencoder_train.max_epochs=1")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={rank}",
+                          "--nproc_per_node=1", "--master_addr=127.0.0.1", f"--master_port={port}",
+                          "tests/ddp_worker.py", "vae_config.json", *sets],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for rank in (0, 1)
+    ]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert ckpt["world_size"] == 2 and ckpt["epoch"] == 1
+    r0 = torch.load(run / "weights_rank0.pt", weights_only=True)
+    r1 = torch.load(run / "weights_rank1.pt", weights_only=True)
+    assert _same_weights(r0["autoencoder"], r1["autoencoder"])
+
+
+def test_3d_volumes_train_with_tri_planar_validation_images(demo3d, tmp_path):
+    run = tmp_path / "run3d"
+    sets = [*TINY, "spatial_dims=3", "autoencoder_def.spatial_dims=3", "autoencoder_train.patch_size=[16,16,16]",
+            "autoencoder_train.max_epochs=1", f"data_base_dir={demo3d}", f"run_dir={run}"]
+    assert main(["vae_config.json", *[f"--set={o}" for o in sets]]) == 0
+    acc = _tb_tags(run)
+    (image,) = acc.Images("val/input_vs_reconstruction")
+    # one row per sample; each row holds input and reconstruction, each as three 16x16 slices side by side
+    assert image.width >= 2 * 3 * 16
