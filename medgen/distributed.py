@@ -42,7 +42,13 @@ def init_distributed(backend: str = "auto") -> DistInfo:
     if world_size > 1 and not dist.is_initialized():
         if backend == "auto":
             backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+        timeout = timedelta(minutes=30)
+        store, _, _ = next(dist.rendezvous("env://", timeout=timeout))
+        # torchrun's store outlives restarted workers: without a per-attempt prefix, gloo would read the
+        # addresses of the previous attempt's (dead) processes and fail to connect.
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        store = dist.PrefixStore(f"medgen/attempt{attempt}", store)
+        dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
 
 

@@ -1,0 +1,16 @@
+# decoders (issue 5)
+from medgen.models.conv_decoder import ConvDecoder, ConvDecoderConfig  # noqa: F401
+from medgen.models.layers import CropPad  # noqa: F401
+from medgen.models.progressive_decoder import ProgressiveDecoder  # noqa: F401
+# AutoencoderKL / PatchDiscriminator (VAE-GAN)
+from medgen.models.autoencoder import build_autoencoder, build_discriminator, load_autoencoder  # noqa: F401
+# WGAN-GP / GAN networks
+from medgen.models.wgan import (  # noqa: F401
+    DecoderGenerator,
+    SelfAttention2d,
+    WGANCritic,
+    WGANGenerator,
+    build_critic,
+    build_generator,
+    dcgan_init,
+)

@@ -14,6 +14,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -182,7 +183,9 @@ class VAETrainer:
                 bar.set_postfix(recon=f"{means[0]:.4f}", img_s=f"{rate:.1f}")
                 self._log_scalars(dict(zip(LOSS_NAMES, means)), rate)
         self.sched_g.step()
-        self.sched_d.step()
+        with warnings.catch_warnings():  # the discriminator does not step during the adversarial warm-up
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\(\)` before")
+            self.sched_d.step()
         if self.dist.is_main and n_steps:
             means = dict(zip(LOSS_NAMES, (sums / n_steps).tolist()))
             rate = n_images / (time.perf_counter() - t0)
@@ -282,8 +285,13 @@ class VAETrainer:
                 raise ConfigError(f"resume_ckpt=true but checkpoint {path} does not exist; set checkpoint_dir to a checkpoint file")
             return path
         last = self.ckpt_dir / "last.pt"
-        if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0 and last.is_file():
-            return last
+        if last.is_file():
+            if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
+                return last
+            raise ConfigError(
+                f"run_dir={self.cfg.run_dir} already holds {last}; set resume_ckpt=true to continue it, "
+                "or choose another run_dir (nothing was overwritten)"
+            )
         return None
 
     # ------------------------------------------------------------------ the run
