@@ -1,0 +1,10 @@
+# adversarial losses (WGAN-GP, GAN kinds, feature matching)
+from medgen.losses.adversarial import (
+    GAN_LOSS_KINDS,
+    feature_matching_loss,
+    gan_d_loss,
+    gan_g_loss,
+    gradient_penalty,
+    wgan_critic_loss,
+    wgan_generator_loss,
+)

@@ -1,0 +1,27 @@
+"""Sample and reconstruction quality: PSNR/SSIM, weight-free diversity and histogram distances, FID/KID."""
+
+from __future__ import annotations
+
+from .feature_extractor import FeatureExtractor
+from .fid import fid, kid, polynomial_kernel
+from .image_quality import (
+    histogram_intersection,
+    histogram_wasserstein,
+    intensity_histogram,
+    psnr,
+    ssim,
+    ssim_diversity,
+)
+
+__all__ = [
+    "FeatureExtractor",
+    "fid",
+    "kid",
+    "polynomial_kernel",
+    "psnr",
+    "ssim",
+    "ssim_diversity",
+    "intensity_histogram",
+    "histogram_wasserstein",
+    "histogram_intersection",
+]
