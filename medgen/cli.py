@@ -13,7 +13,9 @@ import sys
 
 COMMANDS = (
     "medgen.data.demo",  # demo-data
+    "medgen.data.check",  # check-data
     "medgen.training.vae",  # train-vae
+    "medgen.fit_decoder",  # fit-decoder
 )
 
 

@@ -31,6 +31,7 @@ from medgen.logging import comparison_grid
 from medgen.losses.vae import adversarial_loss, build_perceptual_loss, kl_loss, reconstruction_loss
 from medgen.models.autoencoder import build_autoencoder, build_discriminator
 from medgen.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from medgen.training.data_check import checked_items
 
 log = logging.getLogger("medgen.train")
 LOSS_NAMES = ("recon", "kl", "perceptual", "gen_adv", "disc_real", "disc_fake")
@@ -93,10 +94,10 @@ class VAETrainer:
         self.epoch, self.global_step, self.best_psnr = 0, 0, -math.inf
         torch.manual_seed(cfg.seed + self.dist.rank)  # per-rank randomness (latent sampling)
 
-        if train_items is None:
-            train_items, val_items = discover_items(cfg)
-        self.train_items, self.val_items = list(train_items), list(val_items or [])
         patch = t.patch_size
+        if train_items is None:
+            train_items, val_items = checked_items(cfg, *discover_items(cfg), patch, self.dist)
+        self.train_items, self.val_items = list(train_items), list(val_items or [])
         self.train_ds = build_dataset(cfg, self.train_items, patch, train=True, rank=self.dist.rank)
         val_shard = shard(self.val_items, self.dist.rank, self.dist.world_size)
         self.val_ds = build_dataset(cfg, val_shard, patch, train=False, rank=self.dist.rank)

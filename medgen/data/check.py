@@ -1,0 +1,485 @@
+"""Data checks before training, and the ``medgen check-data`` command.
+
+:func:`scan_files` reads every item with the real reader (:func:`medgen.data.reader.read_image_and_info`)
+and returns one :class:`FileReport` per item: usable (``status="ok"``) or not, with one reason code:
+
+- reader reasons (``medgen.data.reader.REASONS``): ``empty``, ``truncated``, ``not_dicom``,
+  ``no_pixel_data``, ``unsupported_transfer_syntax``, ``undecodable``, ``unreadable``, ``multiple_series``,
+  ``inconsistent_series``, ``unsupported_shape``;
+- data reasons (``DATA_REASONS``): ``wrong_dimensions``, ``too_small``, ``non_finite``, ``constant``,
+  ``missing``.
+
+Items are read in a process pool and the results cached in a JSON file keyed by the relative path, size
+and mtime, so a restarted run only reads new or changed files. Reports name files by their path relative
+to ``data_base_dir`` and carry only non-identifying facts (shape, spacing, bit depth, modality,
+photometric interpretation, transfer syntax): never names, IDs, dates, UIDs or free text from headers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medgen.data.reader import REASONS, ImageReadError, find_images, read_image_and_info
+
+__all__ = [
+    "FileReport",
+    "DATA_REASONS",
+    "scan_files",
+    "scan_plan",
+    "format_report",
+    "report_dict",
+    "write_report_json",
+    "register",
+    "main",
+]
+
+DATA_REASONS = {
+    "wrong_dimensions": "the image is not of the configured spatial_dims",
+    "too_small": "the image is smaller than patch_size",
+    "non_finite": "the image holds NaN or Inf values",
+    "constant": "every pixel has the same value",
+    "missing": "the file disappeared before it could be read",
+}
+ALL_REASONS = {**REASONS, **DATA_REASONS}
+CLASS_FOLDERS = ("edente", "dente")
+_CACHE_VERSION = 1
+
+
+@dataclass
+class FileReport:
+    """The check result of one image item. ``path`` is relative to ``data_base_dir`` (POSIX separators).
+
+    ``shape``/``spacing`` are spatial (no channel axis) as :func:`read_image` returns them; the other facts
+    come from :class:`medgen.data.reader.ImageInfo` and are None where the format has no such notion.
+    """
+
+    path: str
+    status: str  # "ok" or "bad"
+    reason: str | None = None
+    detail: str | None = None
+    label: str | None = None
+    kind: str | None = None
+    shape: list[int] | None = None
+    spacing: list[float] | None = None
+    dtype: str | None = None
+    bits_stored: int | None = None
+    modality: str | None = None
+    photometric_interpretation: str | None = None
+    transfer_syntax: str | None = None
+    files: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# Reader facts copied into a FileReport (the rest of its fields are the verdict).
+_FACT_FIELDS = {f.name for f in fields(FileReport)} - {"path", "status", "reason", "detail", "label"}
+
+# --------------------------------------------------------------------------------------------------
+# Scanning
+# --------------------------------------------------------------------------------------------------
+
+
+def _relative(path: Path, base: Path) -> str:
+    try:
+        return path.resolve().relative_to(base.resolve()).as_posix()
+    except ValueError:  # e.g. a val_dir outside data_base_dir
+        return Path(os.path.relpath(path.resolve(), base.resolve())).as_posix()
+
+
+def _signature(path: Path) -> list[int] | None:
+    """(size, mtime_ns) of a file; for a series folder the total size and newest mtime of its files."""
+    try:
+        if path.is_dir():
+            stats = [p.stat() for p in path.iterdir() if p.is_file()]
+            return [sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0), len(stats)]
+        st = path.stat()
+        return [st.st_size, st.st_mtime_ns]
+    except OSError:
+        return None
+
+
+def _read_facts(path: str) -> dict[str, Any]:
+    """Read one item and return what the checks need (cacheable: independent of spatial_dims/patch_size)."""
+    p = Path(path)
+    if not p.exists():
+        return {"reason": "missing", "detail": "the file does not exist (moved or deleted during the scan)"}
+    try:
+        array, _, info = read_image_and_info(p)
+    except ImageReadError as err:
+        return {"reason": err.reason, "detail": err.detail}
+    except Exception as err:  # a reader bug or an exotic file: report it, never crash the scan
+        return {"reason": "unreadable", "detail": f"unexpected {type(err).__name__} while reading the file"}
+    facts = info.as_dict()
+    finite = bool(np.isfinite(array).all())
+    facts["non_finite"] = not finite
+    facts["constant"] = bool(finite and array.size > 0 and array.min() == array.max())
+    return facts
+
+
+def _judge(
+    facts: Mapping[str, Any], rel: str, label: str | None, spatial_dims: int | None, patch_size: Sequence[int] | None
+) -> FileReport:
+    facts_fields = {k: v for k, v in facts.items() if k in _FACT_FIELDS}
+    report = FileReport(path=rel, status="ok", label=label, **facts_fields)
+    shape = facts.get("shape")
+    if facts.get("reason"):
+        report.reason, report.detail = facts["reason"], facts["detail"]
+    elif spatial_dims is not None and len(shape) != spatial_dims:
+        report.reason = "wrong_dimensions"
+        report.detail = f"{len(shape)}D image ({_fmt_shape(shape)}) but spatial_dims={spatial_dims}"
+    elif (
+        patch_size is not None
+        and len(patch_size) == len(shape)
+        and any(s < p for s, p in zip(shape, patch_size, strict=True))
+    ):
+        report.reason = "too_small"
+        report.detail = f"image {_fmt_shape(shape)} is smaller than patch_size {_fmt_shape(patch_size)}"
+    elif facts.get("non_finite"):
+        report.reason, report.detail = "non_finite", "the image holds NaN or Inf values"
+    elif facts.get("constant"):
+        report.reason, report.detail = "constant", "every pixel has the same value (blank image)"
+    if report.reason:
+        report.status = "bad"
+    return report
+
+
+def _item_path_label(item: Any, base: Path) -> tuple[Path, str | None]:
+    if isinstance(item, Mapping):
+        path = Path(item["image"])
+        label = item.get("label")
+    else:
+        path, label = Path(item), None
+    if label is None:  # data_base_dir/{edente,dente}/...: the first folder is the class
+        parts = Path(_relative(path, base)).parts
+        label = parts[0] if len(parts) > 1 and parts[0] != ".." else None
+    return path, label
+
+
+def _load_cache(cache_path: Path | None) -> dict[str, Any]:
+    if cache_path is None or not cache_path.is_file():
+        return {}
+    try:
+        data = json.loads(cache_path.read_text())
+        return data["entries"] if data.get("version") == _CACHE_VERSION else {}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}  # a damaged cache only costs a rescan
+
+
+def _save_cache(cache_path: Path, entries: Mapping[str, Any]) -> None:
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cache_path.parent, prefix=".tmp-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump({"version": _CACHE_VERSION, "entries": entries}, f)
+    os.replace(tmp, cache_path)  # atomic: ranks or restarts never see half a file
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    import multiprocessing as mp
+
+    # fork: workers need no re-import (importing medgen.data may pull in torch); they only use numpy/pydicom.
+    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+
+
+def scan_files(
+    items: Iterable[Any],
+    data_base_dir: str | os.PathLike,
+    spatial_dims: int | None,
+    patch_size: Sequence[int] | None,
+    workers: int = 2,
+    cache_path: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> list[FileReport]:
+    """Read every item with the real reader and say whether training can use it.
+
+    Args:
+        items: paths (files or DICOM series folders, e.g. from :func:`find_images`) or dicts with
+            ``"image"`` (path) and optional ``"label"`` (class; default: the first folder below
+            ``data_base_dir``).
+        data_base_dir: reports name items relative to this folder.
+        spatial_dims: 2 or 3; items of another dimensionality are ``wrong_dimensions`` (None: not checked).
+        patch_size: items smaller than this along any axis are ``too_small`` (None: not checked).
+        workers: processes reading files in parallel; 0 reads in this process.
+        cache_path: JSON file remembering results by relative path, size and mtime (None: no cache).
+        progress: show a tqdm progress bar on stderr.
+
+    Returns:
+        one :class:`FileReport` per item, in the order of ``items``.
+    """
+    base = Path(data_base_dir)
+    cache_file = Path(cache_path) if cache_path is not None else None
+    cache = _load_cache(cache_file)
+    entries: list[tuple[Path, str, str | None, list[int] | None]] = []
+    for item in items:
+        path, label = _item_path_label(item, base)
+        entries.append((path, _relative(path, base), label, _signature(path)))
+
+    facts: dict[int, dict[str, Any]] = {}
+    todo: list[int] = []
+    for i, (_, rel, _, sig) in enumerate(entries):
+        hit = cache.get(rel)
+        if sig is not None and hit is not None and hit.get("signature") == sig:
+            facts[i] = hit["facts"]
+        else:
+            todo.append(i)
+
+    paths = [str(entries[i][0]) for i in todo]
+    if todo:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), desc="check-data", unit="item", disable=not progress, file=sys.stderr)
+        if workers and workers > 0 and len(todo) > 1:
+            with _pool(workers) as pool:
+                chunk = max(1, min(16, len(todo) // (workers * 4)))
+                for i, result in zip(todo, pool.map(_read_facts, paths, chunksize=chunk), strict=True):
+                    facts[i] = result
+                    bar.update()
+        else:
+            for i, path in zip(todo, paths, strict=True):
+                facts[i] = _read_facts(path)
+                bar.update()
+        bar.close()
+
+    if cache_file is not None and todo:
+        # Merge, so that scans of different item sets (train, val) can share one cache file.
+        for i in todo:
+            _, rel, _, sig = entries[i]
+            if sig is not None and facts[i].get("reason") != "missing":
+                cache[rel] = {"signature": sig, "facts": facts[i]}
+        _save_cache(cache_file, cache)
+
+    return [_judge(facts[i], rel, label, spatial_dims, patch_size) for i, (_, rel, label, _) in enumerate(entries)]
+
+
+# --------------------------------------------------------------------------------------------------
+# Reports
+# --------------------------------------------------------------------------------------------------
+
+
+def _fmt_shape(shape: Sequence[int]) -> str:
+    return "x".join(str(int(s)) for s in shape)
+
+
+def _fmt_counter(counter: Counter, limit: int = 6) -> str:
+    if not counter:
+        return "-"
+    common = counter.most_common()
+    text = ", ".join(f"{value} ({n})" for value, n in common[:limit])
+    return text + (f", +{len(common) - limit} more" if len(common) > limit else "")
+
+
+def report_dict(reports: Sequence[FileReport], settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON report: ``{"files": [...], "counts": {...}, "settings": {...}}``."""
+    by_class: dict[str, dict[str, int]] = {}
+    for r in reports:
+        c = by_class.setdefault(r.label or ".", {"ok": 0, "bad": 0})
+        c[r.status] += 1
+    return {
+        "files": [r.as_dict() for r in reports],
+        "counts": {
+            "total": len(reports),
+            "ok": sum(r.ok for r in reports),
+            "bad": sum(not r.ok for r in reports),
+            "by_reason": dict(Counter(r.reason for r in reports if not r.ok)),
+            "by_class": by_class,
+        },
+        "settings": dict(settings or {}),
+    }
+
+
+def write_report_json(
+    reports: Sequence[FileReport], path: str | os.PathLike, settings: Mapping[str, Any] | None = None
+) -> Path:
+    """Write :func:`report_dict` to ``path`` (parents created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report_dict(reports, settings), indent=2) + "\n")
+    return path
+
+
+def format_report(reports: Sequence[FileReport]) -> str:
+    """A human summary: per class the usable items and their shapes, bit depths, modalities, photometric
+    interpretations and transfer syntaxes; then every unusable item with its reason."""
+    lines: list[str] = []
+    labels = sorted({r.label or "." for r in reports})
+    for label in labels:
+        group = [r for r in reports if (r.label or ".") == label]
+        good = [r for r in group if r.ok]
+        lines.append(f"{label}: {len(good)} usable, {len(group) - len(good)} unusable (of {len(group)})")
+        rows = [
+            ("shapes", Counter(_fmt_shape(r.shape) for r in good if r.shape)),
+            ("bit depths", Counter(str(r.bits_stored) if r.bits_stored else (r.dtype or "?") for r in good)),
+            ("kinds", Counter(r.kind or "?" for r in good)),
+            ("modalities", Counter(r.modality for r in good if r.modality)),
+            ("photometric", Counter(r.photometric_interpretation for r in good if r.photometric_interpretation)),
+            ("transfer syntaxes", Counter(r.transfer_syntax for r in good if r.transfer_syntax)),
+        ]
+        for name, counter in rows:
+            lines.append(f"  {name:<18} {_fmt_counter(counter)}")
+    bad = [r for r in reports if not r.ok]
+    if bad:
+        lines.append("")
+        lines.append(f"Unusable ({len(bad)}):")
+        width = min(60, max(len(r.path) for r in bad))
+        for r in bad:
+            lines.append(f"  {r.path:<{width}}  {r.reason:<28} {r.detail}")
+        reasons = Counter(r.reason for r in bad)
+        lines.append("")
+        lines.append("Reasons: " + ", ".join(f"{k} ({n}): {ALL_REASONS.get(k, k)}" for k, n in reasons.most_common()))
+    else:
+        lines.append("")
+        lines.append(f"All {len(reports)} items are usable.")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# What to scan: a folder, or what a config would train on
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ScanPlan:
+    """Folders to scan per class, and the settings the items must meet."""
+
+    data_base_dir: Path
+    classes: dict[str, Path]
+    spatial_dims: int | None = None
+    patch_size: list[int] | None = None
+
+
+def _class_folders(folder: Path, prefix: str = "") -> dict[str, Path]:
+    present = {f"{prefix}{c}": folder / c for c in CLASS_FOLDERS if (folder / c).is_dir()}
+    return present or {prefix.rstrip("/") or folder.name or ".": folder}
+
+
+def scan_plan(target: str | os.PathLike) -> ScanPlan:
+    """A folder -> its edente/ dente/ subfolders (or itself); a config JSON -> what it trains on.
+
+    Only this function reads config files (keys ``data_base_dir``, ``data_source``, ``spatial_dims``,
+    ``autoencoder_train.patch_size``, ``patch_mode``, ``val_dir``), so it can be swapped for the typed config
+    loader. With ``patch_mode: "resize"`` images are resized to the patch, so size is not checked.
+    """
+    target = Path(target)
+    if target.is_dir():
+        return ScanPlan(data_base_dir=target, classes=_class_folders(target))
+    if not target.is_file():
+        raise FileNotFoundError(f"{target}: no such folder or config file")
+    try:
+        cfg = json.loads(target.read_text())
+    except ValueError as exc:
+        raise ValueError(f"{target}: not a JSON config ({exc}); pass a config JSON or an image folder") from None
+    if "data_base_dir" not in cfg:
+        raise ValueError(f"{target}: the config has no 'data_base_dir' key")
+    base = Path(cfg["data_base_dir"])
+    if not base.is_absolute() and not base.exists():  # relative paths in a config are relative to where it runs;
+        base = (target.parent / base) if (target.parent / base).exists() else base  # accept config-relative too
+    source = cfg.get("data_source", "edente")
+    if source not in ("edente", "dente", "both"):
+        raise ValueError(f"{target}: data_source={source!r}; use 'edente', 'dente' or 'both'")
+    names = CLASS_FOLDERS if source == "both" else (source,)
+    classes = {name: base / name for name in names}
+    if cfg.get("val_dir"):
+        classes.update(_class_folders(Path(cfg["val_dir"]), prefix="val/"))
+    patch = (cfg.get("autoencoder_train") or {}).get("patch_size")
+    if cfg.get("patch_mode") == "resize":
+        patch = None
+    return ScanPlan(
+        data_base_dir=base,
+        classes=classes,
+        spatial_dims=cfg.get("spatial_dims"),
+        patch_size=list(patch) if patch else None,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------------
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``medgen check-data``."""
+    p = subparsers.add_parser(
+        "check-data",
+        help="read every image a config (or folder) would train on and report unusable files",
+        description=(
+            "Read every image with medgen's reader and print, per class, the usable files (shapes, bit depths, "
+            "modalities, photometric interpretations, transfer syntaxes) and every unusable file with its reason. "
+            "Exit 0 when all files are usable, 1 otherwise. Reports name files relative to data_base_dir and "
+            "contain no patient data."
+        ),
+    )
+    p.add_argument(
+        "target", metavar="CONFIG_OR_DIR", help="a config JSON (data_base_dir, data_source, ...) or a folder"
+    )
+    p.add_argument("--json", metavar="REPORT", help="also write the report as JSON")
+    p.add_argument("--spatial-dims", type=int, choices=(2, 3), help="expected dimensionality (default: from config)")
+    p.add_argument(
+        "--patch-size", type=int, nargs="+", metavar="N", help="minimum size per axis (default: from config)"
+    )
+    p.add_argument("--workers", type=int, default=2, help="reading processes (0: serial; default 2)")
+    p.add_argument(
+        "--cache", metavar="FILE", help="JSON cache of results by path, size and mtime (skip unchanged files)"
+    )
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        plan = scan_plan(args.target)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"check-data: {exc}", file=sys.stderr)
+        return 2
+    spatial_dims = args.spatial_dims or plan.spatial_dims
+    patch_size = args.patch_size or plan.patch_size
+    if patch_size is not None and spatial_dims is not None and len(patch_size) != spatial_dims:
+        print(
+            f"check-data: patch_size {patch_size} does not have {spatial_dims} values (spatial_dims)", file=sys.stderr
+        )
+        return 2
+
+    items: list[dict[str, str]] = []
+    for label, folder in plan.classes.items():
+        if not folder.is_dir():
+            print(
+                f"check-data: {label}: folder {folder} does not exist (check data_base_dir, data_source, val_dir)",
+                file=sys.stderr,
+            )
+            continue
+        items += [{"image": str(p), "label": label} for p in find_images(folder)]
+    if not items:
+        print(
+            f"check-data: no image files found under {', '.join(str(f) for f in plan.classes.values())}",
+            file=sys.stderr,
+        )
+        return 1
+    reports = scan_files(
+        items,
+        plan.data_base_dir,
+        spatial_dims,
+        patch_size,
+        workers=args.workers,
+        cache_path=args.cache,
+        progress=sys.stderr.isatty(),
+    )
+    print(format_report(reports))
+    if args.json:
+        settings = {"spatial_dims": spatial_dims, "patch_size": patch_size}
+        print(f"Report written to {write_report_json(reports, args.json, settings)}")
+    return 0 if all(r.ok for r in reports) else 1

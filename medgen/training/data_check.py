@@ -1,0 +1,54 @@
+"""The pre-training data check shared by every trainer: scan once on rank 0, stop or skip bad files."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+from medgen.config import ConfigError
+from medgen.config.vae import RunConfig
+from medgen.data.check import format_report, scan_files, write_report_json
+from medgen.distributed import DistInfo, broadcast_object
+
+log = logging.getLogger("medgen.train")
+
+
+class DataCheckError(ConfigError):
+    """Some training or validation files are unusable and ``skip_bad_files`` is false."""
+
+
+def checked_items(
+    cfg: RunConfig, train: Sequence[dict], val: Sequence[dict], patch_size: Sequence[int] | None, dist_info: DistInfo
+) -> tuple[list[dict], list[dict]]:
+    """Read every item with the real reader before the first step (rank 0, in parallel, cached by size and
+    mtime in ``run_dir``); stop with the report when a file is bad, or drop bad files when
+    ``skip_bad_files`` is true and list them in ``run_dir/skipped_files.json``."""
+    items = [*train, *val]
+    if dist_info.is_main:
+        Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+        reports = scan_files(
+            items, cfg.data_base_dir, cfg.spatial_dims, patch_size if cfg.patch_mode == "crop" else None,
+            workers=cfg.scan_workers, cache_path=Path(cfg.run_dir) / "data_check_cache.json", progress=True,
+        )
+        bad_paths = [it["image"] for it, r in zip(items, reports) if not r.ok]
+        bad_reports = [r for r in reports if not r.ok]
+        if bad_reports and cfg.skip_bad_files:
+            write_report_json(bad_reports, Path(cfg.run_dir) / "skipped_files.json")
+            log.warning("skipping %d unusable files (skip_bad_files=true); list in %s",
+                        len(bad_reports), Path(cfg.run_dir) / "skipped_files.json")
+        outcome = (bad_paths, format_report(reports) if bad_reports else "")
+    else:
+        outcome = None
+    bad_paths, report = broadcast_object(outcome)
+    if bad_paths and not cfg.skip_bad_files:
+        raise DataCheckError(
+            f"{len(bad_paths)} of {len(items)} files in {cfg.data_base_dir} are unusable; fix or remove them, "
+            f"or set skip_bad_files=true to train on the rest:\n{report}"
+        )
+    bad = set(bad_paths)
+    train = [it for it in train if it["image"] not in bad]
+    val = [it for it in val if it["image"] not in bad]
+    if not train:
+        raise DataCheckError(f"no usable training images remain in {cfg.data_base_dir}")
+    return train, val
