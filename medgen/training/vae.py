@@ -73,7 +73,8 @@ class VAETrainer:
         # Effective LR = lr x world size (the per-process batch stays fixed, so the global batch grows).
         self.lr_g = scaled_lr(t.lr, self.dist.world_size)
         self.lr_d = scaled_lr(t.disc_lr if t.disc_lr is not None else t.lr, self.dist.world_size)
-        adam = dict(betas=tuple(t.betas), weight_decay=t.weight_decay)
+        # fused Adam: one kernel per step for all parameters (CPU and CUDA), same update rule
+        adam = dict(betas=tuple(t.betas), weight_decay=t.weight_decay, fused=True)
         self.opt_g = torch.optim.Adam(self.autoencoder.parameters(), lr=self.lr_g, **adam)
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=self.lr_d, **adam)
         self.sched_g, self.sched_d = (self._scheduler(o) for o in (self.opt_g, self.opt_d))
