@@ -26,7 +26,7 @@ DEMO_SET := --set data_base_dir=$(DEMO_DIR) --set run_dir=$(DEMO_RUN) --set data
 	--set autoencoder_def.num_res_blocks=1 --set autoencoder_def.latent_channels=4 \
 	--set autoencoder_def.attention_levels=[false,false,true] \
 	--set autoencoder_train.patch_size=[64,64] --set autoencoder_train.batch_size=4 \
-	--set autoencoder_train.max_epochs=3 --set autoencoder_train.lr=1e-4 \
+	--set autoencoder_train.max_epochs=15 --set autoencoder_train.val_interval=3 --set autoencoder_train.lr=1e-4 \
 	--set autoencoder_train.perceptual_weight=0.0 --set autoencoder_train.adv_warmup_epochs=1 \
 	--set num_workers=0
 
