@@ -101,3 +101,22 @@ def test_patient_identifiers_never_reach_run_dir_or_console(demo2d, tmp_path, ca
             assert secret.encode() not in blob, f"{secret} found in {path}"
     for secret in secrets:
         assert secret not in out.out + out.err
+
+
+def test_a_file_that_breaks_mid_run_is_skipped_and_reported(demo2d, tmp_path):
+    from medgen.config import load_config
+    from medgen.training.vae import VAETrainer
+
+    data = tmp_path / "data"
+    shutil.copytree(demo2d, data)
+    run = tmp_path / "run"
+    cfg = load_config("vae_config.json", [*TINY, f"data_base_dir={data}", f"run_dir={run}", "cache=none",
+                                          "autoencoder_train.max_epochs=1"])
+    trainer = VAETrainer(cfg)  # scans: every file is fine now
+    victim = Path(trainer.train_items[0]["image"])
+    victim.write_bytes(victim.read_bytes()[:300])  # the file is cut short after the scan
+    trainer.fit()
+    lines = [json.loads(line) for line in (run / "unreadable_rank0.jsonl").read_text().splitlines()]
+    rel = str(victim.relative_to(data))
+    assert {"path": rel, "reason": "truncated"} in lines
+    assert (run / "checkpoints" / "last.pt").is_file()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 from pathlib import Path
 from typing import Sequence
@@ -15,6 +16,8 @@ from torch.utils.data import DistributedSampler
 from medgen.config import ConfigError
 from medgen.config.vae import RunConfig
 from medgen.data.transforms import train_transforms, val_transforms
+
+log = logging.getLogger("medgen.data")
 
 
 def _items_in(folder: Path, label: str) -> list[dict]:
@@ -91,10 +94,15 @@ class SkipUnreadable(torch.utils.data.Dataset):
     def _report(self, path: str, error: Exception) -> None:
         if self.report_path is None:
             return
-        cause = error.__cause__ or error
-        line = {"path": relative_name(path, self.data_base_dir), "reason": type(cause).__name__}
+        from medgen.data.reader import ImageReadError
+
+        cause = error if isinstance(error, ImageReadError) else (error.__cause__ or error)
+        # the reason code or the exception type: never the message, which could quote file content
+        reason = cause.reason if isinstance(cause, ImageReadError) else type(cause).__name__
+        line = {"path": relative_name(path, self.data_base_dir), "reason": reason}
         with open(self.report_path, "a") as f:
             f.write(json.dumps(line) + "\n")
+        log.warning("skipped %s (%s): it could not be read any more; listed in %s", line["path"], reason, self.report_path)
 
 
 def _cache_dir(cfg: RunConfig, patch_size: Sequence[int]) -> Path:
