@@ -16,6 +16,9 @@ COMMANDS = (
     "medgen.data.check",  # check-data
     "medgen.training.vae",  # train-vae
     "medgen.fit_decoder",  # fit-decoder
+    "medgen.inference",  # reconstruct, encode
+    "medgen.training.wgan",  # train-wgan
+    "medgen.sample",  # sample
 )
 
 

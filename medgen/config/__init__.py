@@ -10,3 +10,5 @@ from medgen.config.vae import (
     default_config_dict,
     load_config,
 )
+# WGAN-GP / GAN config (wgan_config.json)
+from medgen.config.wgan import CriticDef, GeneratorDef, WGANConfig, WGANTrain

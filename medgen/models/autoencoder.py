@@ -11,9 +11,12 @@ from monai.networks.nets import AutoencoderKL, PatchDiscriminator
 from medgen.config import AutoencoderDef, ConfigError, DiscriminatorDef, from_dict
 
 
-def build_autoencoder(ae_def: AutoencoderDef) -> AutoencoderKL:
-    """MONAI ``AutoencoderKL`` from ``autoencoder_def`` (GroupNorm, per-level attention, non-local attention)."""
-    return AutoencoderKL(
+def build_autoencoder(ae_def: AutoencoderDef, cls: type[AutoencoderKL] = AutoencoderKL) -> AutoencoderKL:
+    """MONAI ``AutoencoderKL`` from ``autoencoder_def`` (GroupNorm, per-level attention, non-local attention).
+
+    ``cls`` may be a subclass with the same constructor (e.g. one whose forward only reconstructs).
+    """
+    return cls(
         spatial_dims=ae_def.spatial_dims,
         in_channels=ae_def.in_channels,
         out_channels=ae_def.out_channels,

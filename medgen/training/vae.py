@@ -7,12 +7,8 @@ checkpoints; every rank trains on its own shard of the data each epoch.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
-import os
-import platform
-import sys
 import time
 import warnings
 from contextlib import nullcontext
@@ -24,13 +20,14 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import medgen
-from medgen.config import ConfigError, VAEConfig, load_config, to_dict
+from medgen.config import ConfigError, VAEConfig, to_dict
 from medgen.data.datasets import build_dataset, discover_items, make_train_loader, make_val_loader, shard
-from medgen.distributed import DistInfo, all_gather_objects, all_reduce_sum, cleanup, init_distributed, scaled_lr
+from medgen.distributed import DistInfo, all_reduce_sum, scaled_lr
 from medgen.logging import comparison_grid
 from medgen.losses.vae import adversarial_loss, build_perceptual_loss, kl_loss, reconstruction_loss
 from medgen.models.autoencoder import build_autoencoder, build_discriminator
-from medgen.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from medgen.training import run as run_cli
+from medgen.training.run import load_run_checkpoint, resume_path, save_run_checkpoint, write_run_info
 from medgen.training.data_check import checked_items
 
 log = logging.getLogger("medgen.train")
@@ -257,13 +254,11 @@ class VAETrainer:
 
     def save(self, name: str = "last.pt") -> None:
         """Every rank contributes its RNG state; rank 0 writes ``run_dir/checkpoints/<name>``."""
-        rngs = all_gather_objects(rng_state())
-        if self.dist.is_main:
-            save_checkpoint({**self.state_dict(), "rng": rngs}, self.ckpt_dir / name)
+        save_run_checkpoint(self.state_dict, self.ckpt_dir / name, self.dist)
 
     def load(self, path: str | Path) -> None:
         """Restore everything from a checkpoint written by :meth:`save`."""
-        ckpt = load_checkpoint(path, map_location=self.dist.device)
+        ckpt = load_run_checkpoint(path, self.dist)
         saved_def = ckpt.get("config", {}).get("autoencoder_def")
         if saved_def is not None and saved_def != to_dict(self.cfg)["autoencoder_def"]:
             raise ConfigError(f"{path} was trained with a different autoencoder_def ({saved_def}); resume with the same architecture")
@@ -273,56 +268,17 @@ class VAETrainer:
             getattr(self, name).load_state_dict(ckpt[name])
         self.epoch, self.global_step = int(ckpt["epoch"]), int(ckpt["global_step"])
         self.best_psnr = float(ckpt["best_psnr"])
-        rngs = ckpt.get("rng", [])
-        if len(rngs) == self.dist.world_size:
-            set_rng_state(rngs[self.dist.rank])
-        elif self.dist.is_main:
-            log.warning("%s was written by %d processes, this run has %d: random streams restart", path, len(rngs), self.dist.world_size)
-
-    def resume_path(self) -> Path | None:
-        """The checkpoint to resume from: the configured one, or last.pt after a torchrun restart."""
-        if self.cfg.resume_ckpt:
-            path = Path(self.cfg.checkpoint_dir) if self.cfg.checkpoint_dir else self.ckpt_dir / "last.pt"
-            if not path.is_file():
-                raise ConfigError(f"resume_ckpt=true but checkpoint {path} does not exist; set checkpoint_dir to a checkpoint file")
-            return path
-        last = self.ckpt_dir / "last.pt"
-        if last.is_file():
-            if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
-                return last
-            raise ConfigError(
-                f"run_dir={self.cfg.run_dir} already holds {last}; set resume_ckpt=true to continue it, "
-                "or choose another run_dir (nothing was overwritten)"
-            )
-        return None
-
-    # ------------------------------------------------------------------ the run
-    def _write_run_info(self) -> None:
-        import monai
-
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.json").write_text(json.dumps(to_dict(self.cfg), indent=2) + "\n")
-        versions = {
-            "medgen": medgen.__version__,
-            "torch": torch.__version__,
-            "monai": monai.__version__,
-            "python": platform.python_version(),
-            "cuda": torch.version.cuda,
-            "world_size": self.dist.world_size,
-            "effective_lr": {"generator": self.lr_g, "discriminator": self.lr_d},
-        }
-        (self.run_dir / "versions.json").write_text(json.dumps(versions, indent=2) + "\n")
 
     def fit(self) -> dict[str, float]:
         """Train to ``max_epochs`` (resuming when asked); returns the last validation metrics."""
         t = self.cfg.autoencoder_train
-        resume = self.resume_path()
+        resume = resume_path(self.cfg)
         if resume is not None:
             self.load(resume)
         if self.dist.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._write_run_info()
+            write_run_info(self.cfg, self.dist.world_size, {"generator": self.lr_g, "discriminator": self.lr_d})
             self.writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
             log.info(
                 "training on %d images (%d validation), world size %d, effective lr %.3g (lr %.3g x %d)%s",
@@ -351,33 +307,12 @@ class VAETrainer:
 
 
 def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(description="Train an AutoencoderKL (VAE-GAN) on dental radiographs.")
-    parser.add_argument("config", help="config JSON file, e.g. vae_config.json")
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a config key (dotted path, JSON value), e.g. --set autoencoder_train.lr=1e-5",
-    )
-    return parser
+    return run_cli.build_arg_parser(parser, "Train an AutoencoderKL (VAE-GAN) on dental radiographs.",
+                                    "vae_config.json", "autoencoder_train.lr=1e-5")
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"medgen: config error: {e}", file=sys.stderr)
-        return 2
-    dist_info = init_distributed(cfg.backend)
-    if not dist_info.is_main:
-        logging.getLogger().setLevel(logging.WARNING)
-    try:
-        VAETrainer(cfg, dist_info).fit()
-    except ConfigError as e:
-        print(f"medgen: {e}", file=sys.stderr)
-        return 2
-    finally:
-        cleanup()
-    return 0
+    return run_cli.launch(args, VAEConfig, VAETrainer)
 
 
 def main(argv: list[str] | None = None) -> int:
