@@ -22,7 +22,7 @@ from monai.transforms import (
     RandScaleIntensityd,
     RandSpatialCropd,
     Resized,
-    ScaleIntensityRangePercentilesd,
+    ScaleIntensityRange,
     SpatialPadd,
 )
 
@@ -49,12 +49,54 @@ class LoadDentalImaged(MapTransform):
         return d
 
 
+class ScaleIntensityRangePercentilesNumpyd(MapTransform):
+    """MONAI's ``ScaleIntensityRangePercentilesd`` (not channel-wise, not relative) with the percentiles taken by
+    ``np.percentile``: map the image's ``lower``..``upper`` percentiles to ``b_min``..``b_max``, clipped if ``clip``.
+
+    MONAI computes the percentiles with ``torch.quantile`` below 1M elements and with ``np.percentile`` above
+    (pytorch#64947). ``torch.quantile`` sorts the whole image, about 6x slower than ``np.percentile``'s selection
+    (0.1 MP: 9 vs 1.7 ms; 1 MP: 105 vs 15 ms on one core), and it was the largest cost of decoding an image
+    for the cache. Both use linear interpolation; ``np.percentile`` computes it in float64, so the window ends
+    differ from ``torch.quantile``'s float32 ones by float32 rounding only (relative 1e-7). The mapping itself is
+    MONAI's ``ScaleIntensityRange``.
+
+    Args:
+        keys: keys of the images (tensors or arrays, any shape) to window.
+        lower, upper: percentiles in [0, 100] mapped to ``b_min`` and ``b_max``.
+        b_min, b_max: output range.
+        clip: clip the output to ``[b_min, b_max]``.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        lower: float,
+        upper: float,
+        b_min: float = 0.0,
+        b_max: float = 1.0,
+        clip: bool = True,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.lower, self.upper, self.b_min, self.b_max, self.clip = lower, upper, b_min, b_max, clip
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            values = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
+            a_min, a_max = np.percentile(values, [self.lower, self.upper])
+            scale = ScaleIntensityRange(float(a_min), float(a_max), self.b_min, self.b_max, clip=self.clip, dtype=torch.float32)
+            d[key] = scale(img)
+        return d
+
+
 def deterministic_transforms(cfg: RunConfig, patch_size: Sequence[int], keys: str = "image") -> list:
     """Read, window to [0, 1], then resize to ``patch_size`` or pad up to it (``patch_mode``)."""
     lo, hi = cfg.intensity_percentiles
     chain = [
         LoadDentalImaged(keys),
-        ScaleIntensityRangePercentilesd(keys, lower=lo, upper=hi, b_min=0.0, b_max=1.0, clip=True),
+        ScaleIntensityRangePercentilesNumpyd(keys, lower=lo, upper=hi, b_min=0.0, b_max=1.0, clip=True),
     ]
     if cfg.patch_mode == "resize":
         chain.append(Resized(keys, spatial_size=tuple(patch_size), mode="area"))
