@@ -126,3 +126,16 @@ def test_3d_volumes_train_with_tri_planar_validation_images(demo3d, tmp_path):
     (image,) = acc.Images("val/input_vs_reconstruction")
     # one row per sample; each row holds input and reconstruction, each as three 16x16 slices side by side
     assert image.width >= 2 * 3 * 16
+
+
+def test_vae_step_under_amp_stays_finite_and_updates_weights():
+    from medgen.config import load_config
+    from medgen.training.vae import VAETrainer
+
+    cfg = load_config("vae_config.json", [*TINY, "amp=true", "cache=none", "autoencoder_train.adv_warmup_epochs=0"])
+    trainer = VAETrainer(cfg, train_items=[], val_items=[])
+    assert trainer.precision.enabled and trainer.precision.dtype == torch.bfloat16
+    before = {k: v.clone() for k, v in trainer.autoencoder.state_dict().items()}
+    losses = trainer.train_step(torch.rand(2, 1, 32, 32), adversarial=True)
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert not _same_weights(before, trainer.autoencoder.state_dict())

@@ -131,6 +131,10 @@ def test_gradient_penalty_drives_the_critic_gradient_norm_towards_one(demo2d, tm
         ("bce", 0.01, ["wgan_train.lr_scheduler=cosine_warm_restarts", "wgan_train.T_0=2"]),
         ("hinge", 0.0, ["wgan_train.grad_clip=1.0"]),
         ("least_squares", 0.01, ["wgan_train.ema_decay=0.9"]),
+        # mixed precision (bf16 autocast on this CPU), feature matching off and on
+        ("bce", 0.0, ["amp=true"]),
+        ("hinge", 0.01, ["amp=true", "wgan_train.grad_clip=1.0"]),
+        ("least_squares", 0.0, ["amp=true"]),
     ],
 )
 def test_gan_method_trains_an_epoch_for_each_loss_kind(demo2d, tmp_path, loss, fm_weight, extra):
@@ -260,3 +264,13 @@ def test_resume_path_after_torchrun_restart(demo2d, ddp_two_epochs, tmp_path, mo
     assert resume_path(other.cfg) == last
     other.load(last)  # a 2-process checkpoint in 1 process: weights restored, random streams restart
     assert other.epoch == 2 and _same(other.critic.state_dict(), load_checkpoint(last)["critic"])
+
+
+def test_wgan_gp_steps_stay_finite_under_amp(demo2d, tmp_path):
+    trainer = _trainer(demo2d, tmp_path, "amp=true", "wgan_train.batch_size=4")
+    assert trainer.precision.enabled and trainer.precision.dtype == torch.bfloat16
+    real = _real_batch(trainer, 4)
+    for _ in range(3):
+        critic = trainer.critic_step(real)
+        gen = trainer.generator_step(real)
+    assert all(torch.isfinite(v).all() for v in (*critic.values(), *gen.values()))

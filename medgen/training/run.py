@@ -108,3 +108,21 @@ def launch(args: argparse.Namespace, config_cls: type, trainer_cls: type) -> int
     finally:
         cleanup()
     return 0
+
+
+class Precision:
+    """Mixed precision for ``amp``: bf16 autocast where the device has it (CPUs, Ampere+ GPUs), else fp16 with
+    loss scaling (older GPUs). Disabled, it is plain fp32."""
+
+    def __init__(self, amp: bool, device: torch.device):
+        self.enabled = amp
+        self.device_type = device.type
+        bf16 = device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported())
+        self.dtype = torch.bfloat16 if bf16 else torch.float16
+        self.needs_scaler = amp and self.dtype == torch.float16
+
+    def autocast(self):
+        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.enabled)
+
+    def scaler(self) -> torch.amp.GradScaler:
+        return torch.amp.GradScaler(self.device_type if self.device_type == "cuda" else "cpu", enabled=self.needs_scaler)

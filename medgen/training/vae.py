@@ -11,7 +11,6 @@ import logging
 import math
 import time
 import warnings
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -27,7 +26,7 @@ from medgen.logging import comparison_grid
 from medgen.losses.vae import adversarial_loss, build_perceptual_loss, kl_loss, reconstruction_loss
 from medgen.models.autoencoder import build_autoencoder, build_discriminator
 from medgen.training import run as run_cli
-from medgen.training.run import load_run_checkpoint, resume_path, save_run_checkpoint, write_run_info
+from medgen.training.run import Precision, load_run_checkpoint, resume_path, save_run_checkpoint, write_run_info
 from medgen.training.data_check import checked_items
 
 log = logging.getLogger("medgen.train")
@@ -75,12 +74,8 @@ class VAETrainer:
         self.opt_g = torch.optim.Adam(self.autoencoder.parameters(), lr=self.lr_g, **adam)
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=self.lr_d, **adam)
         self.sched_g, self.sched_d = (self._scheduler(o) for o in (self.opt_g, self.opt_d))
-        self.use_amp = cfg.amp and dev.type == "cuda"
-        self.amp_dtype = torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported() else torch.float16
-        # fp16 needs loss scaling; bf16 does not
-        scale = self.use_amp and self.amp_dtype == torch.float16
-        self.scaler_g = torch.amp.GradScaler("cuda", enabled=scale)
-        self.scaler_d = torch.amp.GradScaler("cuda", enabled=scale)
+        self.precision = Precision(cfg.amp, dev)
+        self.scaler_g, self.scaler_d = self.precision.scaler(), self.precision.scaler()
 
         if self.dist.distributed:
             ids = [dev.index] if dev.type == "cuda" else None
@@ -108,9 +103,7 @@ class VAETrainer:
         return torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
 
     def _autocast(self):
-        if not self.use_amp:
-            return nullcontext()
-        return torch.autocast("cuda", dtype=self.amp_dtype)
+        return self.precision.autocast()
 
     # ------------------------------------------------------------------ one step
     def train_step(self, images: torch.Tensor, adversarial: bool) -> dict[str, torch.Tensor]:

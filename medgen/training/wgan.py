@@ -15,7 +15,6 @@ import argparse
 import logging
 import time
 import warnings
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -40,7 +39,7 @@ from medgen.losses.adversarial import (
 from medgen.metrics import FeatureExtractor, fid, histogram_intersection, histogram_wasserstein, kid, ssim_diversity
 from medgen.models.wgan import build_critic, build_generator
 from medgen.training import run as run_cli
-from medgen.training.run import load_run_checkpoint, resume_path, save_run_checkpoint, write_run_info
+from medgen.training.run import Precision, load_run_checkpoint, resume_path, save_run_checkpoint, write_run_info
 from medgen.training.data_check import checked_items
 
 log = logging.getLogger("medgen.train")
@@ -101,11 +100,8 @@ class WGANTrainer:
         self.opt_g = torch.optim.Adam([p for p in self.generator.parameters() if p.requires_grad], lr=self.lr_g, betas=tuple(t.betas))
         self.opt_d = torch.optim.Adam(self.critic.parameters(), lr=self.lr_d, betas=tuple(t.betas))
         self.sched_g, self.sched_d = (self._scheduler(o) for o in (self.opt_g, self.opt_d))
-        self.use_amp = cfg.amp and dev.type == "cuda"
-        self.amp_dtype = torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported() else torch.float16
-        scale = self.use_amp and self.amp_dtype == torch.float16  # fp16 needs loss scaling; bf16 does not
-        self.scaler_g = torch.amp.GradScaler("cuda", enabled=scale)
-        self.scaler_d = torch.amp.GradScaler("cuda", enabled=scale)
+        self.precision = Precision(cfg.amp, dev)
+        self.scaler_g, self.scaler_d = self.precision.scaler(), self.precision.scaler()
 
         if self.dist.distributed:
             ids = [dev.index] if dev.type == "cuda" else None
@@ -141,7 +137,7 @@ class WGANTrainer:
         return torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
 
     def _autocast(self):
-        return torch.autocast("cuda", dtype=self.amp_dtype) if self.use_amp else nullcontext()
+        return self.precision.autocast()
 
     @property
     def sampling_generator(self) -> nn.Module:
