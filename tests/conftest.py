@@ -37,6 +37,17 @@ def demo3d(tmp_path_factory) -> Path:
     return write_demo_dataset(tmp_path_factory.mktemp("demo3d"), spatial_dims=3, count=3, size=16, seed=0)
 
 
+@pytest.fixture()
+def one_thread():
+    """Tiny ops: extra threads only contend with the other test processes on a 2-core machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-import socket
+
 
 import pytest
 import torch
@@ -12,6 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
 
+from conftest import free_port
 from medgen.losses import (
     feature_matching_loss,
     gan_d_loss,
@@ -155,15 +156,9 @@ def _ddp_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_gradient_penalty_double_backward_under_ddp(tmp_path):
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
-    g0, g1 = torch.load(tmp_path / "grad0.pt"), torch.load(tmp_path / "grad1.pt")
+    mp.spawn(_ddp_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    g0, g1 = (torch.load(tmp_path / f"grad{r}.pt", weights_only=True) for r in (0, 1))
     torch.testing.assert_close(g0, g1)
 
     # reference: one process, the mean of both ranks' losses (what DDP's gradient averaging computes)

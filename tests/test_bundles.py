@@ -101,12 +101,7 @@ def vae2d(demo2d, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     return out / "run", _train("dental_vae_2d", demo2d, out, VAE_TINY)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------------- layout, metadata

@@ -6,19 +6,12 @@ import argparse
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from medgen import fit_decoder as fd
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny images gain nothing from intra-op threads, and on a busy 2-core machine thread barriers stall
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def phantom(h: int = 32, w: int = 32) -> np.ndarray:

@@ -140,3 +140,23 @@ def read_json(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a JSON object at the top level")
     return data
+
+
+class JsonConfig:
+    """``to_dict`` / ``to_json`` / ``from_json`` for a dataclass config whose ``from_dict`` checks the keys."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict (tuples become lists)."""
+        return to_dict(self)
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        """Serialise to JSON text; also write it to ``path`` when given."""
+        text = json.dumps(self.to_dict(), indent=2)
+        if path is not None:
+            Path(path).write_text(text + "\n", encoding="utf-8")
+        return text
+
+    @classmethod
+    def from_json(cls, path: str | Path):
+        """Read a JSON file (an object of the config's keys); errors name the file and line."""
+        return cls.from_dict(read_json(path))

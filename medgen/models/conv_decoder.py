@@ -21,7 +21,6 @@ Data flow (``D = spatial_dims``)::
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from collections import OrderedDict
@@ -38,6 +37,7 @@ from monai.networks.utils import icnr_init
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
+from medgen.config.core import JsonConfig
 from medgen.models.layers import CropPad
 
 __all__ = ["ConvDecoder", "ConvDecoderConfig"]
@@ -57,7 +57,7 @@ def _as_tuple(value: int | Sequence[int], n: int, key: str) -> tuple[int, ...]:
 
 
 @dataclass
-class ConvDecoderConfig:
+class ConvDecoderConfig(JsonConfig):
     """Every setting of a :class:`ConvDecoder` (the constructor takes the same names).
 
     Args:
@@ -183,18 +183,6 @@ class ConvDecoderConfig:
                 f"(e.g. 'relu', 'leakyrelu', ['leakyrelu', {{'negative_slope': 0.2}}], 'gelu', 'swish'): {e}"
             ) from None
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-serialisable dict (tuples become lists)."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-    def to_json(self, path: str | os.PathLike | None = None) -> str:
-        """Serialise to JSON text; also write it to ``path`` when given."""
-        text = json.dumps(self.to_dict(), indent=2)
-        if path is not None:
-            with open(path, "w", encoding="utf-8") as f:
-                f.write(text + "\n")
-        return text
-
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ConvDecoderConfig:
         """Build from a dict; ``use_batch_norm`` (true/false) is accepted for ``norm`` ("batch"/"none")."""
@@ -209,17 +197,6 @@ class ConvDecoderConfig:
             raise ValueError(f"ConvDecoder config: unknown key(s) {unknown}. Valid keys: {sorted(known)}.")
         return cls(**data)
 
-    @classmethod
-    def from_json(cls, path: str | os.PathLike) -> ConvDecoderConfig:
-        """Read a JSON file (an object of the fields above)."""
-        with open(path, encoding="utf-8") as f:
-            try:
-                data = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{os.fspath(path)}: not valid JSON ({e}).") from e
-        if not isinstance(data, dict):
-            raise ValueError(f"{os.fspath(path)}: expected a JSON object of ConvDecoder settings.")
-        return cls.from_dict(data)
 
 
 # ---------------------------------------------------------------------------------------------- blocks

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
-import json
 import math
 import os
 import time
@@ -36,6 +35,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torch.utils.checkpoint import checkpoint
 
+from medgen.config.core import JsonConfig
 from medgen.models.layers import CropPad
 
 __all__ = ["ProgressiveDecoder", "ProgressiveDecoderConfig"]
@@ -53,7 +53,7 @@ def _is_power_of_two(n: int) -> bool:
 
 
 @dataclass
-class ProgressiveDecoderConfig:
+class ProgressiveDecoderConfig(JsonConfig):
     """Typed configuration of a :class:`ProgressiveDecoder`; every field is a constructor argument.
 
     ``None`` fields are computed from ``input_size``/``output_size`` (see the class docstring).
@@ -72,18 +72,6 @@ class ProgressiveDecoderConfig:
     activation: str | list | tuple = "relu"
     init_method: str = "default"
     spatial_dims: int = 2
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-serialisable dict."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-    def to_json(self, path: str | os.PathLike | None = None) -> str:
-        """Serialise to JSON text; also write it to ``path`` when given."""
-        text = json.dumps(self.to_dict(), indent=2)
-        if path is not None:
-            with open(path, "w", encoding="utf-8") as f:
-                f.write(text + "\n")
-        return text
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ProgressiveDecoderConfig:
@@ -104,17 +92,6 @@ class ProgressiveDecoderConfig:
             kwargs["channel_progression"] = [int(c) for c in kwargs["channel_progression"]]
         return cls(**kwargs)
 
-    @classmethod
-    def from_json(cls, path: str | os.PathLike) -> ProgressiveDecoderConfig:
-        """Read a JSON file written by :meth:`to_json` (or by hand)."""
-        with open(path, encoding="utf-8") as f:
-            try:
-                data = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{os.fspath(path)}: not valid JSON ({e}).") from e
-        if not isinstance(data, dict):
-            raise ValueError(f"{os.fspath(path)}: expected a JSON object of ProgressiveDecoder settings.")
-        return cls.from_dict(data)
 
 
 def default_channel_progression(latent_channels: int) -> list[int]:
