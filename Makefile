@@ -3,7 +3,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
-NPROC ?= 2
+# one process per GPU when there are GPUs, else 2 CPU processes
+NPROC ?= $(shell n=$$(nvidia-smi -L 2>/dev/null | wc -l); [ "$$n" -gt 0 ] && echo $$n || echo 2)
 DEMO_DIR ?= demo_data
 DEMO_RUN ?= runs/demo
 BIN := $(VENV)/bin

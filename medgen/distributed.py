@@ -35,6 +35,12 @@ def init_distributed(backend: str = "auto") -> DistInfo:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        if backend in ("auto", "nccl") and local_world > torch.cuda.device_count():
+            raise RuntimeError(
+                f"{local_world} processes on this node but {torch.cuda.device_count()} GPU(s): nccl needs one GPU per "
+                f"process; use --nproc_per_node={torch.cuda.device_count()} (or backend=gloo to share GPUs)"
+            )
         device = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
     else:
