@@ -120,3 +120,21 @@ def test_a_file_that_breaks_mid_run_is_skipped_and_reported(demo2d, tmp_path):
     rel = str(victim.relative_to(data))
     assert {"path": rel, "reason": "truncated"} in lines
     assert (run / "checkpoints" / "last.pt").is_file()
+
+
+def test_check_data_reads_a_config_with_the_trainers_loader(demo2d, tmp_path, capsys):
+    from medgen.cli import main as cli
+
+    data = json.loads(Path("vae_config.json").read_text())
+    data.update(data_base_dir=str(demo2d), data_source="both")
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps(data))
+    assert cli(["check-data", str(config)]) == 1  # the demo images (40 px) are smaller than the 256 px patch
+    assert "too_small" in capsys.readouterr().out
+    data["autoencoder_train"]["patch_size"] = [32, 32]
+    config.write_text(json.dumps(data))
+    assert cli(["check-data", str(config)]) == 0
+    data["autoencoder_def"]["norm_num_groups"] = 48
+    config.write_text(json.dumps(data))
+    assert cli(["check-data", str(config)]) == 2
+    assert "autoencoder_def.norm_num_groups=48" in capsys.readouterr().err

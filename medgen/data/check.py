@@ -372,40 +372,32 @@ def _class_folders(folder: Path, prefix: str = "") -> dict[str, Path]:
 def scan_plan(target: str | os.PathLike) -> ScanPlan:
     """A folder -> its edente/ dente/ subfolders (or itself); a config JSON -> what it trains on.
 
-    Only this function reads config files (keys ``data_base_dir``, ``data_source``, ``spatial_dims``,
-    ``autoencoder_train.patch_size``, ``patch_mode``, ``val_dir``), so it can be swapped for the typed config
-    loader. With ``patch_mode: "resize"`` images are resized to the patch, so size is not checked.
+    Configs (VAE or WGAN) are read with the trainers' typed loader. With ``patch_mode: "resize"`` images are
+    resized to the patch, so size is not checked.
     """
     target = Path(target)
     if target.is_dir():
         return ScanPlan(data_base_dir=target, classes=_class_folders(target))
     if not target.is_file():
         raise FileNotFoundError(f"{target}: no such folder or config file")
-    try:
-        cfg = json.loads(target.read_text())
-    except ValueError as exc:
-        raise ValueError(f"{target}: not a JSON config ({exc}); pass a config JSON or an image folder") from None
-    if "data_base_dir" not in cfg:
-        raise ValueError(f"{target}: the config has no 'data_base_dir' key")
-    base = Path(cfg["data_base_dir"])
+    from medgen.config import VAEConfig, load_config, read_json
+    from medgen.config.wgan import WGANConfig
+
+    cls = WGANConfig if "wgan_train" in read_json(target) else VAEConfig
+    cfg = load_config(target, cls=cls)  # the trainers' own loader: same defaults and validation
+    base = Path(cfg.data_base_dir)
     if not base.is_absolute() and not base.exists():  # relative paths in a config are relative to where it runs;
         base = (target.parent / base) if (target.parent / base).exists() else base  # accept config-relative too
-    source = cfg.get("data_source", "edente")
-    if source not in ("edente", "dente", "both"):
-        raise ValueError(f"{target}: data_source={source!r}; use 'edente', 'dente' or 'both'")
-    names = CLASS_FOLDERS if source == "both" else (source,)
-    classes = {name: base / name for name in names}
-    if cfg.get("val_dir"):
-        classes.update(_class_folders(Path(cfg["val_dir"]), prefix="val/"))
-    patch = (cfg.get("autoencoder_train") or {}).get("patch_size")
-    if cfg.get("patch_mode") == "resize":
+    classes = {name: base / name for name in cfg.classes}
+    if cfg.val_dir:
+        classes.update(_class_folders(Path(cfg.val_dir), prefix="val/"))
+    if cfg.patch_mode == "resize":
         patch = None
-    return ScanPlan(
-        data_base_dir=base,
-        classes=classes,
-        spatial_dims=cfg.get("spatial_dims"),
-        patch_size=list(patch) if patch else None,
-    )
+    elif isinstance(cfg, WGANConfig):
+        patch = [cfg.wgan_train.image_size] * 2
+    else:
+        patch = list(cfg.autoencoder_train.patch_size)
+    return ScanPlan(data_base_dir=base, classes=classes, spatial_dims=cfg.spatial_dims, patch_size=patch)
 
 
 # --------------------------------------------------------------------------------------------------
