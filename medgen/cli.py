@@ -23,7 +23,9 @@ COMMANDS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="medgen", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="medgen", description="Generative models for dental radiographs and CBCT: data checks, training, inference."
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in COMMANDS:
         importlib.import_module(module).register(sub)
