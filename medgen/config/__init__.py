@@ -7,7 +7,6 @@ from medgen.config.vae import (
     DiscriminatorDef,
     RunConfig,
     VAEConfig,
-    default_config_dict,
     load_config,
 )
 # WGAN-GP / GAN config (wgan_config.json)

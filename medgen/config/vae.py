@@ -188,13 +188,6 @@ def load_config(path: str | Path | None, overrides: list[str] = (), cls=VAEConfi
     return cls.from_dict(data)
 
 
-def default_config_dict(cls=VAEConfig) -> dict:
-    """Every key with its default, as JSON data (the content of the top-level config file)."""
-    from medgen.config.core import to_dict
-
-    return to_dict(cls())
-
-
 __all__ = [
     "AutoencoderDef",
     "AutoencoderTrain",
@@ -202,5 +195,4 @@ __all__ = [
     "RunConfig",
     "VAEConfig",
     "load_config",
-    "default_config_dict",
 ]

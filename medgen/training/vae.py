@@ -24,6 +24,7 @@ from medgen.data.datasets import build_dataset, discover_items, make_train_loade
 from medgen.distributed import DistInfo, all_reduce_sum, scaled_lr
 from medgen.logging import comparison_grid
 from medgen.losses.vae import adversarial_loss, build_perceptual_loss, kl_loss, reconstruction_loss
+from medgen.metrics import psnr, ssim
 from medgen.models.autoencoder import build_autoencoder, build_discriminator
 from medgen.training import run as run_cli
 from medgen.training.run import Precision, load_run_checkpoint, resume_path, save_run_checkpoint, write_run_info
@@ -31,12 +32,6 @@ from medgen.training.data_check import checked_items
 
 log = logging.getLogger("medgen.train")
 LOSS_NAMES = ("recon", "kl", "perceptual", "gen_adv", "disc_real", "disc_fake")
-
-
-def psnr_per_image(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """PSNR (dB) of images in [0, 1], one value per batch item."""
-    mse = (x - y).pow(2).flatten(1).mean(1).clamp_min(1e-10)
-    return -10.0 * torch.log10(mse)
 
 
 class VAETrainer:
@@ -197,10 +192,7 @@ class VAETrainer:
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """PSNR, SSIM and L1 of reconstructions (z_mu decoded) over the whole validation set, all ranks."""
-        from monai.metrics import SSIMMetric
-
         self.autoencoder.eval()
-        ssim = SSIMMetric(spatial_dims=self.cfg.spatial_dims, data_range=1.0, reduction="none")
         sums = torch.zeros(4, dtype=torch.float64, device=self.dist.device)  # psnr, ssim, l1, count
         shown = None
         loader = make_val_loader(self.cfg, self.val_ds, self.cfg.autoencoder_train.batch_size)
@@ -209,8 +201,8 @@ class VAETrainer:
             with self._autocast():
                 rec = self.autoencoder.reconstruct(x)
             rec = rec.float().clamp(0, 1)
-            sums[0] += psnr_per_image(rec, x).sum().double()
-            sums[1] += ssim(rec, x).sum().double()
+            sums[0] += psnr(rec, x, reduction="none").clamp(max=100.0).sum().double()  # identical images: inf
+            sums[1] += ssim(rec, x, reduction="none").sum().double()
             sums[2] += (rec - x).abs().flatten(1).mean(1).sum().double()
             sums[3] += x.shape[0]
             if shown is None:
