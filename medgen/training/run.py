@@ -126,3 +126,44 @@ class Precision:
 
     def scaler(self) -> torch.amp.GradScaler:
         return torch.amp.GradScaler(self.device_type if self.device_type == "cuda" else "cpu", enabled=self.needs_scaler)
+
+
+def wrap_ddp(module: torch.nn.Module, dist_info: DistInfo) -> torch.nn.Module:
+    """``module`` under DistributedDataParallel when there are several ranks, else ``module`` itself."""
+    if not dist_info.distributed:
+        return module
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    return DDP(module, device_ids=[dist_info.device.index] if dist_info.device.type == "cuda" else None)
+
+
+def optimizer_step(loss: torch.Tensor, opt, scaler: torch.amp.GradScaler, module: torch.nn.Module, grad_clip: float | None) -> None:
+    """Backward (loss-scaled under fp16), optional gradient-norm clipping, optimiser step."""
+    scaler.scale(loss).backward()
+    if grad_clip is not None:
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
+    scaler.step(opt)
+    scaler.update()
+
+
+def step_schedulers(*schedulers) -> None:
+    """End-of-epoch LR scheduler steps. A network may not have stepped yet (adversarial warm-up, n_critic
+    above the steps so far); its schedule still advances with the epochs, so torch's warning is moot."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+        for scheduler in schedulers:
+            scheduler.step()
+
+
+def log_epoch_scalars(writer, scalars: dict[str, float], rate: float, opt_g, opt_d, step: int, prefix: str = "") -> None:
+    """TensorBoard: loss scalars (already tagged), images/s and both learning rates; no-op without a writer."""
+    if writer is None:
+        return
+    for tag, value in scalars.items():
+        writer.add_scalar(prefix + tag, value, step)
+    writer.add_scalar(f"{prefix}throughput/images_per_s", rate, step)
+    writer.add_scalar(f"{prefix}lr/generator", opt_g.param_groups[0]["lr"], step)
+    writer.add_scalar(f"{prefix}lr/discriminator", opt_d.param_groups[0]["lr"], step)

@@ -10,12 +10,10 @@ import argparse
 import logging
 import math
 import time
-import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import medgen
@@ -27,7 +25,17 @@ from medgen.losses.vae import adversarial_loss, build_perceptual_loss, kl_loss, 
 from medgen.metrics import psnr, ssim
 from medgen.models.autoencoder import build_autoencoder, build_discriminator
 from medgen.training import run as run_cli
-from medgen.training.run import Precision, load_run_checkpoint, resume_path, save_run_checkpoint, write_run_info
+from medgen.training.run import (
+    Precision,
+    load_run_checkpoint,
+    log_epoch_scalars,
+    optimizer_step,
+    resume_path,
+    save_run_checkpoint,
+    step_schedulers,
+    wrap_ddp,
+    write_run_info,
+)
 from medgen.training.data_check import checked_items
 
 log = logging.getLogger("medgen.train")
@@ -72,12 +80,8 @@ class VAETrainer:
         self.precision = Precision(cfg.amp, dev)
         self.scaler_g, self.scaler_d = self.precision.scaler(), self.precision.scaler()
 
-        if self.dist.distributed:
-            ids = [dev.index] if dev.type == "cuda" else None
-            self.ae_ddp = DDP(self.autoencoder, device_ids=ids)
-            self.disc_ddp = DDP(self.discriminator, device_ids=ids)
-        else:
-            self.ae_ddp, self.disc_ddp = self.autoencoder, self.discriminator
+        self.ae_ddp = wrap_ddp(self.autoencoder, self.dist)
+        self.disc_ddp = wrap_ddp(self.discriminator, self.dist)
 
         self.epoch, self.global_step, self.best_psnr = 0, 0, -math.inf
         torch.manual_seed(cfg.seed + self.dist.rank)  # per-rank randomness (latent sampling)
@@ -97,15 +101,12 @@ class VAETrainer:
             return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.cfg.autoencoder_train.max_epochs)
         return torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
 
-    def _autocast(self):
-        return self.precision.autocast()
-
     # ------------------------------------------------------------------ one step
     def train_step(self, images: torch.Tensor, adversarial: bool) -> dict[str, torch.Tensor]:
         """One generator step then (when ``adversarial``) one discriminator step; returns detached losses."""
         t = self.cfg.autoencoder_train
         zero = images.new_zeros(())
-        with self._autocast():
+        with self.precision.autocast():
             recon, z_mu, z_sigma = self.ae_ddp(images)
             recon32 = recon.float()
             l_rec = self.recon_loss(recon32, images)
@@ -122,12 +123,12 @@ class VAETrainer:
                 l_adv = self.adv_loss(logits_fake.float(), target_is_real=True, for_discriminator=False)
                 loss_g = loss_g + t.adv_weight * l_adv
         self.opt_g.zero_grad(set_to_none=True)
-        self._step(loss_g, self.opt_g, self.scaler_g, self.autoencoder)
+        optimizer_step(loss_g, self.opt_g, self.scaler_g, self.autoencoder, t.grad_clip)
 
         l_real = l_fake = zero
         if adversarial:
             self.discriminator.requires_grad_(True)
-            with self._autocast():
+            with self.precision.autocast():
                 # real and fake in one forward (instance/group norm: same result as two, half the calls)
                 logits = self.disc_ddp(torch.cat([images, recon.detach()]))[-1].float()
                 real, fake = logits.split(images.shape[0])
@@ -135,16 +136,8 @@ class VAETrainer:
                 l_fake = self.adv_loss(fake, target_is_real=False, for_discriminator=True)
                 loss_d = t.adv_weight * 0.5 * (l_real + l_fake)
             self.opt_d.zero_grad(set_to_none=True)
-            self._step(loss_d, self.opt_d, self.scaler_d, self.discriminator)
+            optimizer_step(loss_d, self.opt_d, self.scaler_d, self.discriminator, t.grad_clip)
         return dict(recon=l_rec, kl=l_kl, perceptual=l_p, gen_adv=l_adv, disc_real=l_real, disc_fake=l_fake)
-
-    def _step(self, loss, opt, scaler, module) -> None:
-        scaler.scale(loss).backward()
-        if self.cfg.autoencoder_train.grad_clip is not None:
-            scaler.unscale_(opt)
-            nn.utils.clip_grad_norm_(module.parameters(), self.cfg.autoencoder_train.grad_clip)
-        scaler.step(opt)
-        scaler.update()
 
     # ------------------------------------------------------------------ epochs
     def train_epoch(self) -> None:
@@ -169,10 +162,7 @@ class VAETrainer:
                 rate = n_images / (time.perf_counter() - t0)
                 bar.set_postfix(recon=f"{means[0]:.4f}", img_s=f"{rate:.1f}")
                 self._log_scalars(dict(zip(LOSS_NAMES, means)), rate)
-        self.sched_g.step()
-        with warnings.catch_warnings():  # the discriminator does not step during the adversarial warm-up
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\(\)` before")
-            self.sched_d.step()
+        step_schedulers(self.sched_g, self.sched_d)  # the discriminator idles during the adversarial warm-up
         if self.dist.is_main and n_steps:
             means = dict(zip(LOSS_NAMES, (sums / n_steps).tolist()))
             rate = n_images / (time.perf_counter() - t0)
@@ -180,14 +170,8 @@ class VAETrainer:
             log.info("epoch %d/%d: %s, %.1f images/s", self.epoch + 1, t.max_epochs, " ".join(f"{k}={v:.4g}" for k, v in means.items()), rate)
 
     def _log_scalars(self, means: dict, rate: float, prefix: str = "") -> None:
-        if self.writer is None:
-            return
-        step = self.global_step
-        for k, v in means.items():
-            self.writer.add_scalar(f"{prefix}loss/{k}", v, step)
-        self.writer.add_scalar(f"{prefix}throughput/images_per_s", rate, step)
-        self.writer.add_scalar(f"{prefix}lr/generator", self.opt_g.param_groups[0]["lr"], step)
-        self.writer.add_scalar(f"{prefix}lr/discriminator", self.opt_d.param_groups[0]["lr"], step)
+        scalars = {f"loss/{k}": v for k, v in means.items()}
+        log_epoch_scalars(self.writer, scalars, rate, self.opt_g, self.opt_d, self.global_step, prefix)
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -198,7 +182,7 @@ class VAETrainer:
         loader = make_val_loader(self.cfg, self.val_ds, self.cfg.autoencoder_train.batch_size)
         for batch in loader:
             x = batch["image"].to(self.dist.device)
-            with self._autocast():
+            with self.precision.autocast():
                 rec = self.autoencoder.reconstruct(x)
             rec = rec.float().clamp(0, 1)
             sums[0] += psnr(rec, x, reduction="none").clamp(max=100.0).sum().double()  # identical images: inf

@@ -14,12 +14,10 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
@@ -39,7 +37,17 @@ from medgen.losses.adversarial import (
 from medgen.metrics import FeatureExtractor, fid, histogram_intersection, histogram_wasserstein, kid, ssim_diversity
 from medgen.models.wgan import build_critic, build_generator
 from medgen.training import run as run_cli
-from medgen.training.run import Precision, load_run_checkpoint, resume_path, save_run_checkpoint, write_run_info
+from medgen.training.run import (
+    Precision,
+    load_run_checkpoint,
+    log_epoch_scalars,
+    optimizer_step,
+    resume_path,
+    save_run_checkpoint,
+    step_schedulers,
+    wrap_ddp,
+    write_run_info,
+)
 from medgen.training.data_check import checked_items
 
 log = logging.getLogger("medgen.train")
@@ -103,14 +111,10 @@ class WGANTrainer:
         self.precision = Precision(cfg.amp, dev)
         self.scaler_g, self.scaler_d = self.precision.scaler(), self.precision.scaler()
 
-        if self.dist.distributed:
-            ids = [dev.index] if dev.type == "cuda" else None
-            self.g_ddp = DDP(self.generator, device_ids=ids)
-            # The gradient penalty's double backward goes through this wrapper, so its parameter gradients are
-            # averaged across ranks with the rest of the critic loss.
-            self.d_ddp = DDP(self.critic, device_ids=ids)
-        else:
-            self.g_ddp, self.d_ddp = self.generator, self.critic
+        self.g_ddp = wrap_ddp(self.generator, self.dist)
+        # The gradient penalty's double backward goes through this wrapper, so its parameter gradients are
+        # averaged across ranks with the rest of the critic loss.
+        self.d_ddp = wrap_ddp(self.critic, self.dist)
 
         self.epoch, self.global_step = 0, 0
         # Validation noise from its own generator: sampling never moves the training random streams.
@@ -136,9 +140,6 @@ class WGANTrainer:
             return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=t.T_0, T_mult=t.T_mult)
         return torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
 
-    def _autocast(self):
-        return self.precision.autocast()
-
     @property
     def sampling_generator(self) -> nn.Module:
         """The generator used for samples and metrics: the EMA copy when ``ema_decay`` is set."""
@@ -154,10 +155,10 @@ class WGANTrainer:
         t = self.cfg.wgan_train
         b = real.shape[0]
         # Always a full batch of noise: the generator's BatchNorm needs >= 2 samples even on a last batch of 1.
-        with torch.no_grad(), self._autocast():
+        with torch.no_grad(), self.precision.autocast():
             fake = self.generator(self.generator.sample_latent(t.batch_size))[:b]
         fake = fake.float()
-        with self._autocast():
+        with self.precision.autocast():
             # real and fake in one forward (InstanceNorm is per sample: same result as two, half the calls)
             scores = self.d_ddp(torch.cat([real, fake])).float()
         real_s, fake_s = scores.split(b)
@@ -170,7 +171,7 @@ class WGANTrainer:
             loss = gan_d_loss(t.gan_loss, real_s, fake_s)
             terms = dict(discriminator=loss, real_logit=real_s.mean(), fake_logit=fake_s.mean())
         self.opt_d.zero_grad(set_to_none=True)
-        self._step(loss, self.opt_d, self.scaler_d, self.critic)
+        optimizer_step(loss, self.opt_d, self.scaler_d, self.critic, t.grad_clip)
         return {k: v.detach() for k, v in terms.items()}
 
     def generator_step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -181,7 +182,7 @@ class WGANTrainer:
         # Frozen and unwrapped: no critic parameter gradients and no DDP hooks for the critic here.
         self.critic.requires_grad_(False)
         try:
-            with self._autocast():
+            with self.precision.autocast():
                 fake = self.g_ddp(self.generator.sample_latent(t.batch_size))
                 l_fm = fake.new_zeros((), dtype=torch.float32)
                 if fm_weight > 0:
@@ -195,20 +196,12 @@ class WGANTrainer:
                 l_adv = wgan_generator_loss(scores) if self.method == "wgan_gp" else gan_g_loss(t.gan_loss, scores)
                 loss = l_adv + fm_weight * l_fm
             self.opt_g.zero_grad(set_to_none=True)
-            self._step(loss, self.opt_g, self.scaler_g, self.generator)
+            optimizer_step(loss, self.opt_g, self.scaler_g, self.generator, t.grad_clip)
         finally:
             self.critic.requires_grad_(True)
         if self.ema is not None:
             self.ema.update_parameters(self.generator)
         return dict(generator=loss.detach(), generator_adv=l_adv.detach(), feature_matching=l_fm.detach())
-
-    def _step(self, loss, opt, scaler, module) -> None:
-        scaler.scale(loss).backward()
-        if self.cfg.wgan_train.grad_clip is not None:
-            scaler.unscale_(opt)
-            nn.utils.clip_grad_norm_(module.parameters(), self.cfg.wgan_train.grad_clip)
-        scaler.step(opt)
-        scaler.update()
 
     # ------------------------------------------------------------------ epochs
     def train_epoch(self) -> dict[str, float]:
@@ -240,10 +233,7 @@ class WGANTrainer:
                 rate = n_images / (time.perf_counter() - t0)
                 bar.set_postfix({d_names[0]: f"{means[d_names[0]]:.4f}", "img_s": f"{rate:.1f}"})
                 self._log_scalars(means, rate)
-        with warnings.catch_warnings():  # with n_critic above the steps so far, the generator has not stepped yet
-            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
-            self.sched_g.step()
-        self.sched_d.step()
+        step_schedulers(self.sched_g, self.sched_d)  # n_critic above the steps so far: G has not stepped yet
         means = self._means(d_names, d_sums, n_d, g_names, g_sums, n_g)
         if self.dist.is_main and n_d:
             rate = n_images / (time.perf_counter() - t0)
@@ -260,15 +250,9 @@ class WGANTrainer:
         return out
 
     def _log_scalars(self, means: dict[str, float], rate: float, prefix: str = "") -> None:
-        if self.writer is None:
-            return
         tags = {**self.critic_terms(), **GENERATOR_TERMS}
-        step = self.global_step
-        for k, v in means.items():
-            self.writer.add_scalar(prefix + tags[k], v, step)
-        self.writer.add_scalar(f"{prefix}throughput/images_per_s", rate, step)
-        self.writer.add_scalar(f"{prefix}lr/generator", self.opt_g.param_groups[0]["lr"], step)
-        self.writer.add_scalar(f"{prefix}lr/discriminator", self.opt_d.param_groups[0]["lr"], step)
+        scalars = {tags[k]: v for k, v in means.items()}
+        log_epoch_scalars(self.writer, scalars, rate, self.opt_g, self.opt_d, self.global_step, prefix)
 
     # ------------------------------------------------------------------ validation (rank 0)
     @torch.no_grad()
@@ -281,7 +265,7 @@ class WGANTrainer:
         try:
             chunks = []
             for z in noise.split(self.cfg.wgan_train.batch_size):
-                with self._autocast():
+                with self.precision.autocast():
                     chunks.append(to_unit_range(gen(z.to(dev))).cpu())
         finally:
             gen.train(was_training)
