@@ -71,7 +71,7 @@ from pydicom.uid import generate_uid
 
 from medgen.config import load_config
 from medgen.data.datasets import build_dataset, make_train_loader
-from medgen.data.reader import find_images
+from medgen.io.reader import find_images
 
 ROOT = Path(__file__).resolve().parents[1]
 # Shipped with the pydicom wheel (see the module docstring): get_testdata_file finds them without a download.

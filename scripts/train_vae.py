@@ -1,12 +1,12 @@
 #!/usr/bin/env python
 """Train medgen's AutoencoderKL: `torchrun --nproc_per_node=N scripts/train_vae.py vae_config.json [--set k=v ...]`.
 
-Also runs without torchrun as a single process. All logic lives in medgen.training.vae.
+Also runs without torchrun as a single process. Same as `medgen train-vae`; all logic lives in medgen.training.
 """
 
 import sys
 
-from medgen.training.vae import main
+from medgen.cli import script_main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(script_main("train-vae"))

@@ -48,6 +48,20 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def train_vae(argv: list[str]) -> int:
+    """`medgen train-vae ARGV` (what scripts/train_vae.py runs), in this process; returns the exit code."""
+    from medgen.cli import main
+
+    return main(["train-vae", *argv])
+
+
+def train_wgan(argv: list[str]) -> int:
+    """`medgen train-wgan ARGV` (what scripts/train_wgan.py runs), in this process; returns the exit code."""
+    from medgen.cli import main
+
+    return main(["train-wgan", *argv])
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -16,11 +16,11 @@ crash_epoch = os.environ.get("MEDGEN_TEST_CRASH_EPOCH")
 original_step = vae.VAETrainer.train_step
 
 
-def train_step(self, images, adversarial):
+def train_step(self, images, *args):
     first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
     if crash_epoch is not None and first_attempt and self.dist.rank == 1 and self.epoch == int(crash_epoch):
         os._exit(3)
-    return original_step(self, images, adversarial)
+    return original_step(self, images, *args)
 
 
 original_fit = vae.VAETrainer.fit
@@ -39,4 +39,6 @@ vae.VAETrainer.train_step = train_step
 vae.VAETrainer.fit = fit
 
 if __name__ == "__main__":
-    sys.exit(vae.main())
+    from medgen.cli import script_main
+
+    sys.exit(script_main("train-vae"))

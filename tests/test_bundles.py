@@ -16,7 +16,7 @@ import torch
 
 from conftest import TINY, torchrun
 from medgen.config import load_config
-from medgen.data import find_images, read_image
+from medgen.io import find_images, read_image
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = ROOT / "bundles"
@@ -179,7 +179,7 @@ def test_train_json_alone_under_several_processes_stops_with_advice(demo2d, tmp_
 
 
 def test_vae2d_inference_json_reconstructs_like_the_cli(vae2d, demo2d, tmp_path):
-    from medgen.inference import reconstruct
+    from medgen.inference.autoencoder import reconstruct
 
     run, _ = vae2d
     _in_process("run", config_file=str(BUNDLES / "dental_vae_2d" / "configs" / "inference.json"), logging_file=False,
@@ -254,7 +254,7 @@ def test_vae3d_bundle_trains_and_reconstructs_volumes(demo3d, tmp_path):
 
 
 def test_wgan_bundle_trains_samples_and_exports(demo2d, tmp_path):
-    from medgen.sample import load_generator
+    from medgen.inference.sample import load_generator
 
     _train("dental_wgan_2d", demo2d, tmp_path / "t", WGAN_TINY)
     ckpt = tmp_path / "t" / "run" / "checkpoints" / "last.pt"

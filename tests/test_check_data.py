@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -15,7 +14,9 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.uid import MPEG2MPML
 
-from medgen.data import check, find_images, scan_files
+from medgen.cli import main
+from medgen.data import check, scan_files
+from medgen.io import find_images
 
 TEST_FILES = Path(get_testdata_file("CT_small.dcm")).parent
 DIRTESTS = TEST_FILES / "dicomdirtests"
@@ -23,16 +24,13 @@ DIRTESTS = TEST_FILES / "dicomdirtests"
 
 def run_check_data(argv: list[str]) -> int:
     """`medgen check-data ...` through the sub-command this module registers (the CLI's own wiring)."""
-    parser = argparse.ArgumentParser(prog="medgen")
-    check.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["check-data", *argv])
-    return args.func(args)
+    return main(["check-data", *argv])
 
 
 def test_registered_in_the_cli():
-    from medgen import cli
+    from medgen.cli import build_parser
 
-    assert "medgen.data.check" in cli.COMMANDS
+    assert "check-data" in build_parser()._subparsers._group_actions[0].choices
 
 
 def _seed_bad_folder(base: Path) -> dict[str, str]:

@@ -100,7 +100,7 @@ def test_3d_config_validates():
 
 
 def test_empty_data_folder_is_named_with_demo_data_hint(tmp_path):
-    from medgen.data.datasets import discover_items
+    from medgen.io.discovery import discover_items
 
     (tmp_path / "edente").mkdir()
     cfg = load_config(CONFIG, [f"data_base_dir={tmp_path}"])

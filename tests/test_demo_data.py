@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 
 import numpy as np
 import pydicom
 import pytest
 
-from medgen.data import demo
+from medgen.cli import main
 from medgen.data.demo import make_jaw_image, make_jaw_volume, write_demo_dataset
 
 
@@ -149,14 +148,10 @@ def test_rerun_replaces_demo_but_refuses_foreign_folder(tmp_path):
 
 
 def test_cli(tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    demo.register(parser.add_subparsers(dest="command"))
     argv = ["demo-data", str(tmp_path / "o"), "--spatial-dims", "2", "--count", "2", "--size", "32", "--seed", "5"]
-    args = parser.parse_args(argv)
-    assert args.func(args) == 0
+    assert main(argv) == 0
     out = capsys.readouterr().out.strip()
     assert out.count("\n") == 0 and "4 synthetic" in out
     assert len(list((tmp_path / "o").glob("*/*.dcm"))) == 4
-    bad = parser.parse_args(["demo-data", str(tmp_path / "x"), "--count", "0"])
-    assert bad.func(bad) == 2
+    assert main(["demo-data", str(tmp_path / "x"), "--count", "0"]) == 2
     assert "count" in capsys.readouterr().err

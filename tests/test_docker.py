@@ -169,7 +169,7 @@ def test_entrypoint_is_torchrun_and_cmd_is_valid(dockerfile):
     from torch.distributed.run import get_args_parser
 
     from medgen.config import load_config
-    from medgen.training.vae import build_arg_parser
+    from medgen.cli import build_parser
 
     instrs = parse_dockerfile(dockerfile)
     entry = exec_form(next(a for name, a in instrs if name == "ENTRYPOINT"))
@@ -181,7 +181,7 @@ def test_entrypoint_is_torchrun_and_cmd_is_valid(dockerfile):
     files = image_files(instrs)
     script = str(workdir / run_args.training_script)
     assert script in files and files[script] == REPO / "scripts" / "train_vae.py", f"{script} is not COPYed"
-    train_args = build_arg_parser().parse_args(run_args.training_script_args)
+    train_args = build_parser().parse_args(["train-vae", *run_args.training_script_args])
     config = str(workdir / train_args.config)
     assert config in files and files[config] == REPO / "vae_config.json", f"{config} is not COPYed"
     # The overrides name real config keys and point data and runs at the volumes.

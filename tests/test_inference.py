@@ -15,11 +15,11 @@ from monai.networks.nets import AutoencoderKL
 from conftest import TINY
 from medgen.cli import main
 from medgen.config import load_config, to_dict
-from medgen.data import find_images, read_image, write_image
-from medgen.data.datasets import discover_items
-from medgen.inference import decode_latents, load_model
+from medgen.io import find_images, read_image, write_image
+from medgen.io.discovery import discover_items
+from medgen.inference.autoencoder import decode_latents, load_model
 from medgen.models.autoencoder import build_autoencoder
-from medgen.training.checkpoint import save_checkpoint
+from medgen.io.checkpoint import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

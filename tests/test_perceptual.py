@@ -10,7 +10,7 @@ import torch
 from conftest import TINY
 from medgen.config import AutoencoderTrain, ConfigError
 from medgen.losses.vae import build_perceptual_loss
-from medgen.training.vae import main
+from conftest import train_vae as main
 
 
 def test_zero_weight_disables_it():
@@ -34,9 +34,11 @@ def test_torchvision_network_without_a_weights_file_is_refused(tmp_path):
         build_perceptual_loss(train, spatial_dims=2)
 
 
-def test_network_from_a_local_torch_hub_cache_loads_offline(tmp_path):
-    # A hub cache as torch.hub leaves it after a first (online) load: the repository checkout with hubconf.py.
-    repo = tmp_path / "hub" / "Project-MONAI_perceptual-models_main"
+def _stand_in_hub_cache(hub) -> None:
+    """A hub cache as torch.hub leaves it after a first (online) load of MONAI's perceptual networks: the
+    checkout of the repository MONAI loads them from, with a hubconf.py whose entry points build small networks
+    under the real names (2D RadImageNet: 3 input channels; 3D MedicalNet: 1 channel, 3D convolutions)."""
+    repo = hub / "Project-MONAI_perceptual-models_main"
     repo.mkdir(parents=True)
     (repo / "hubconf.py").write_text(textwrap.dedent("""
         import torch
@@ -45,7 +47,15 @@ def test_network_from_a_local_torch_hub_cache_loads_offline(tmp_path):
         def radimagenet_resnet50(verbose=False, **kwargs):
             torch.manual_seed(0)
             return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3, padding=1))
+
+        def medicalnet_resnet10_23datasets(verbose=False, **kwargs):
+            torch.manual_seed(0)
+            return torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv3d(4, 4, 3, padding=1))
     """))
+
+
+def test_network_from_a_local_torch_hub_cache_loads_offline(tmp_path):
+    _stand_in_hub_cache(tmp_path / "hub")
     before = torch.hub.get_dir()
     loss = build_perceptual_loss(AutoencoderTrain(perceptual_cache_dir=str(tmp_path / "hub")), spatial_dims=2)
     assert torch.hub.get_dir() == before  # the user's hub directory is left as it was
@@ -53,3 +63,29 @@ def test_network_from_a_local_torch_hub_cache_loads_offline(tmp_path):
     x = torch.rand(2, 1, 32, 32)
     assert loss(x, x).item() == pytest.approx(0.0, abs=1e-6)
     assert loss(x, torch.rand(2, 1, 32, 32)).item() > 0
+
+
+def test_medicalnet_from_the_hub_cache_trains_a_3d_run(demo3d, tmp_path):
+    """The 3D perceptual network, from the hub repository MONAI itself uses, in a whole 3D training run."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _stand_in_hub_cache(tmp_path / "hub")
+    run = tmp_path / "run3d"
+    sets = [*TINY, "spatial_dims=3", "autoencoder_def.spatial_dims=3", "autoencoder_train.patch_size=[16,16,16]",
+            "autoencoder_train.max_epochs=1", "autoencoder_train.perceptual_weight=1.0",
+            "autoencoder_train.perceptual_network=medicalnet_resnet10_23datasets",
+            f"autoencoder_train.perceptual_cache_dir={tmp_path / 'hub'}", f"data_base_dir={demo3d}", f"run_dir={run}"]
+    before = torch.hub.get_dir()
+    assert main(["vae_config.json", *[f"--set={s}" for s in sets]]) == 0
+    assert torch.hub.get_dir() == before
+    acc = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    perceptual = [e.value for e in acc.Scalars("epoch/loss/perceptual")]
+    assert perceptual and all(0 < v < float("inf") for v in perceptual)
+
+
+def test_medicalnet_is_refused_for_2d_with_the_fix(tmp_path):
+    _stand_in_hub_cache(tmp_path / "hub")
+    train = AutoencoderTrain(perceptual_network="medicalnet_resnet10_23datasets", perceptual_cache_dir=str(tmp_path / "hub"))
+    with pytest.raises(ConfigError, match="compares 3D volumes but spatial_dims=2; use radimagenet_resnet50"):
+        build_perceptual_loss(train, spatial_dims=2)

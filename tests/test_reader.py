@@ -1,4 +1,4 @@
-"""medgen.data.reader on pydicom's and nibabel's real test files, and on files generated here."""
+"""medgen.io.reader on pydicom's and nibabel's real test files, and on files generated here."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut, get_decoder
 
-from medgen.data import ImageReadError, find_images, inspect_image, read_image
+from medgen.io import ImageReadError, find_images, inspect_image, read_image
 
 # Only files shipped inside the pydicom wheel (get_testdata_file would download anything else).
 TEST_FILES = Path(get_testdata_file("CT_small.dcm")).parent
@@ -223,7 +223,7 @@ def test_without_the_extra_installed(tmp_path):
                     raise ImportError(name + " blocked")
         sys.meta_path.insert(0, Block())
         from PIL import features
-        from medgen.data.reader import ImageReadError, read_image
+        from medgen.io.reader import ImageReadError, read_image
         out = {{"pillow_j2k": features.check_codec("jpg_2000")}}
         for name in {sorted(COMPRESSED)!r}:
             try:

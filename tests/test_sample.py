@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from medgen.cli import main
-from medgen.config.vae import load_config
+from medgen.config import load_config
 from medgen.config.wgan import WGANConfig
-from medgen.data import read_image
-from medgen.data.datasets import discover_items
+from medgen.io import read_image
+from medgen.io.discovery import discover_items
 from medgen.models.wgan import build_generator
 from medgen.training.wgan import WGANTrainer
 

@@ -11,7 +11,7 @@ import pydicom
 import pytest
 
 from conftest import TINY
-from medgen.training.vae import main
+from conftest import train_vae as main
 
 IDENTIFIERS = {
     "PatientName": "Kowalczyk^Marianne",
@@ -112,7 +112,7 @@ def test_a_file_that_breaks_mid_run_is_skipped_and_reported(demo2d, tmp_path):
     run = tmp_path / "run"
     cfg = load_config("vae_config.json", [*TINY, f"data_base_dir={data}", f"run_dir={run}", "cache=none",
                                           "autoencoder_train.max_epochs=1"])
-    trainer = VAETrainer(cfg)  # scans: every file is fine now
+    trainer = VAETrainer.from_config(cfg)  # scans: every file is fine now
     victim = Path(trainer.train_items[0]["image"])
     victim.write_bytes(victim.read_bytes()[:300])  # the file is cut short after the scan
     trainer.fit()

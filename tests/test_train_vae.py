@@ -7,9 +7,8 @@ import json
 import pytest
 import torch
 
-from conftest import TINY, free_port, torchrun
-from medgen.training.checkpoint import load_checkpoint
-from medgen.training.vae import main
+from conftest import TINY, free_port, torchrun, train_vae as main
+from medgen.io.checkpoint import load_checkpoint
 
 
 def _tb_tags(run_dir):
@@ -139,3 +138,13 @@ def test_vae_step_under_amp_stays_finite_and_updates_weights():
     losses = trainer.train_step(torch.rand(2, 1, 32, 32), adversarial=True)
     assert all(torch.isfinite(v) for v in losses.values())
     assert not _same_weights(before, trainer.autoencoder.state_dict())
+
+
+def test_resume_with_another_architecture_names_the_keys_that_differ(demo2d, tmp_path, capsys):
+    run = tmp_path / "run"
+    sets = [*TINY, f"data_base_dir={demo2d}", f"run_dir={run}", "autoencoder_train.max_epochs=1"]
+    assert main(["vae_config.json", *[f"--set={o}" for o in sets]]) == 0
+    changed = [*sets, "resume_ckpt=true", "autoencoder_def.latent_channels=3"]
+    assert main(["vae_config.json", *[f"--set={o}" for o in changed]]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "autoencoder_def.latent_channels=2 (this run: 3)" in err and "channels=[8, 16]" not in err

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import torchrun
-from medgen.training.run import resume_path
+from conftest import torchrun, train_wgan as main
+from medgen.training.base import resume_path
 from medgen.config import ConfigError, WGANConfig
-from medgen.config.vae import load_config
-from medgen.data.datasets import discover_items
+from medgen.config import load_config
+from medgen.io.discovery import discover_items
 from medgen.metrics import FeatureExtractor, fid, kid
-from medgen.training.checkpoint import load_checkpoint
-from medgen.training.wgan import WGANTrainer, main
+from medgen.io.checkpoint import load_checkpoint
+from medgen.training.wgan import WGANTrainer
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "wgan_config.json"

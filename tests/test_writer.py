@@ -1,4 +1,4 @@
-"""medgen.data.writer: files written in the reader's convention come back the same; DICOM exports leak nothing."""
+"""medgen.io.writer: files written in the reader's convention come back the same; DICOM exports leak nothing."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from medgen.data import inspect_image, read_image, write_image
+from medgen.io import inspect_image, read_image, write_image
 
 TEST_FILES = Path(get_testdata_file("CT_small.dcm")).parent
 CT_SERIES = TEST_FILES / "dicomdirtests" / "98892001" / "CT5N"

@@ -23,4 +23,6 @@ def fit(self):
 wgan.WGANTrainer.fit = fit
 
 if __name__ == "__main__":
-    sys.exit(wgan.main())
+    from medgen.cli import script_main
+
+    sys.exit(script_main("train-wgan"))

@@ -1,13 +1,11 @@
-"""Typed, validated configs loaded from JSON with dotted ``--set`` overrides."""
+"""Typed, validated configs loaded from JSON with dotted ``--set`` overrides.
+
+- ``core``: dataclass <-> JSON, strict keys and types, ``--set`` parsing, :class:`ConfigError`.
+- ``run``: :class:`RunConfig`, the paths, data and run keys every trainer shares, and :func:`load_config`.
+- ``vae``: ``vae_config.json`` (:class:`VAEConfig`); ``wgan``: ``wgan_config.json`` (:class:`WGANConfig`).
+"""
 
 from medgen.config.core import ConfigError, apply_overrides, from_dict, read_json, to_dict
-from medgen.config.vae import (
-    AutoencoderDef,
-    AutoencoderTrain,
-    DiscriminatorDef,
-    RunConfig,
-    VAEConfig,
-    load_config,
-)
-# WGAN-GP / GAN config (wgan_config.json)
+from medgen.config.run import RunConfig, load_config
+from medgen.config.vae import AutoencoderDef, AutoencoderTrain, DiscriminatorDef, VAEConfig
 from medgen.config.wgan import CriticDef, GeneratorDef, WGANConfig, WGANTrain

@@ -16,11 +16,15 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+from medgen.errors import MedgenError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(MedgenError, ValueError):
     """A config value a user must change; the message names the key, the value and the fix."""
+
+    kind = "config error"
 
 
 def _type_name(tp: Any) -> str:

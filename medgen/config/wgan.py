@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from medgen.config.core import ConfigError, from_dict
-from medgen.config.vae import RunConfig
+from medgen.config.run import RunConfig
 
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 64, 256
 

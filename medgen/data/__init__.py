@@ -1,4 +1,12 @@
-# Image I/O (reader/writer/check-data): one reader for DICOM, NIfTI and PNG; see medgen.data.reader.
-from medgen.data.reader import ImageInfo, ImageReadError, find_images, inspect_image, read_image, read_image_and_info
-from medgen.data.writer import write_image
+"""Images as training sees them: transform chains, cached datasets and loaders, data checks, demo data.
+
+- ``transforms``: the MONAI dict transform chains (read, window, pad/resize, crop, augment), defined once.
+- ``datasets``: cached datasets (disk cache shared by ranks), per-epoch seeded loaders, skipping files that
+  break mid-run.
+- ``check``: reading every item before training and the report ``medgen check-data`` prints.
+- ``demo``: synthetic panoramic-like radiographs and CBCT-like series in the edente/ dente/ layout.
+
+Reading and finding files is :mod:`medgen.io`'s job.
+"""
+
 from medgen.data.check import FileReport, format_report, scan_files, write_report_json

@@ -1,9 +1,9 @@
-"""Data checks before training, and the ``medgen check-data`` command.
+"""Data checks: what training runs before its first step and ``medgen check-data`` prints.
 
-:func:`scan_files` reads every item with the real reader (:func:`medgen.data.reader.read_image_and_info`)
+:func:`scan_files` reads every item with the real reader (:func:`medgen.io.reader.read_image_and_info`)
 and returns one :class:`FileReport` per item: usable (``status="ok"``) or not, with one reason code:
 
-- reader reasons (``medgen.data.reader.REASONS``): ``empty``, ``truncated``, ``not_dicom``,
+- reader reasons (``medgen.io.reader.REASONS``): ``empty``, ``truncated``, ``not_dicom``,
   ``no_pixel_data``, ``unsupported_transfer_syntax``, ``undecodable``, ``unreadable``, ``multiple_series``,
   ``inconsistent_series``, ``unsupported_shape``;
 - data reasons (``DATA_REASONS``): ``wrong_dimensions``, ``too_small``, ``non_finite``, ``constant``,
@@ -17,11 +17,9 @@ photometric interpretation, transfer syntax): never names, IDs, dates, UIDs or f
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -31,18 +29,17 @@ from typing import Any
 
 import numpy as np
 
-from medgen.data.reader import REASONS, ImageReadError, find_images, read_image_and_info
+from medgen.io.discovery import item_signature, relative_name
+from medgen.io.files import write_text_atomic
+from medgen.io.reader import REASONS, ImageReadError, read_image_and_info
 
 __all__ = [
     "FileReport",
     "DATA_REASONS",
     "scan_files",
-    "scan_plan",
     "format_report",
     "report_dict",
     "write_report_json",
-    "register",
-    "main",
 ]
 
 DATA_REASONS = {
@@ -53,8 +50,7 @@ DATA_REASONS = {
     "missing": "the file disappeared before it could be read",
 }
 ALL_REASONS = {**REASONS, **DATA_REASONS}
-CLASS_FOLDERS = ("edente", "dente")
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 
 
 @dataclass
@@ -62,7 +58,7 @@ class FileReport:
     """The check result of one image item. ``path`` is relative to ``data_base_dir`` (POSIX separators).
 
     ``shape``/``spacing`` are spatial (no channel axis) as :func:`read_image` returns them; the other facts
-    come from :class:`medgen.data.reader.ImageInfo` and are None where the format has no such notion.
+    come from :class:`medgen.io.reader.ImageInfo` and are None where the format has no such notion.
     """
 
     path: str
@@ -94,25 +90,6 @@ _FACT_FIELDS = {f.name for f in fields(FileReport)} - {"path", "status", "reason
 # --------------------------------------------------------------------------------------------------
 # Scanning
 # --------------------------------------------------------------------------------------------------
-
-
-def _relative(path: Path, base: Path) -> str:
-    try:
-        return path.resolve().relative_to(base.resolve()).as_posix()
-    except ValueError:  # e.g. a val_dir outside data_base_dir
-        return Path(os.path.relpath(path.resolve(), base.resolve())).as_posix()
-
-
-def _signature(path: Path) -> list[int] | None:
-    """(size, mtime_ns) of a file; for a series folder the total size and newest mtime of its files."""
-    try:
-        if path.is_dir():
-            stats = [p.stat() for p in path.iterdir() if p.is_file()]
-            return [sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0), len(stats)]
-        st = path.stat()
-        return [st.st_size, st.st_mtime_ns]
-    except OSError:
-        return None
 
 
 def _read_facts(path: str) -> dict[str, Any]:
@@ -167,7 +144,7 @@ def _item_path_label(item: Any, base: Path) -> tuple[Path, str | None]:
     else:
         path, label = Path(item), None
     if label is None:  # data_base_dir/{edente,dente}/...: the first folder is the class
-        parts = Path(_relative(path, base)).parts
+        parts = Path(relative_name(path, base)).parts
         label = parts[0] if len(parts) > 1 and parts[0] != ".." else None
     return path, label
 
@@ -183,11 +160,8 @@ def _load_cache(cache_path: Path | None) -> dict[str, Any]:
 
 
 def _save_cache(cache_path: Path, entries: Mapping[str, Any]) -> None:
-    cache_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache_path.parent, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump({"version": _CACHE_VERSION, "entries": entries}, f)
-    os.replace(tmp, cache_path)  # atomic: ranks or restarts never see half a file
+    # atomic: ranks or restarts never see half a file
+    write_text_atomic(cache_path, json.dumps({"version": _CACHE_VERSION, "entries": entries}))
 
 
 def _pool(workers: int) -> ProcessPoolExecutor:
@@ -226,10 +200,10 @@ def scan_files(
     base = Path(data_base_dir)
     cache_file = Path(cache_path) if cache_path is not None else None
     cache = _load_cache(cache_file)
-    entries: list[tuple[Path, str, str | None, list[int] | None]] = []
+    entries: list[tuple[Path, str, str | None, str | None]] = []
     for item in items:
         path, label = _item_path_label(item, base)
-        entries.append((path, _relative(path, base), label, _signature(path)))
+        entries.append((path, relative_name(path, base), label, item_signature(path)))
 
     facts: dict[int, dict[str, Any]] = {}
     todo: list[int] = []
@@ -308,10 +282,7 @@ def write_report_json(
     reports: Sequence[FileReport], path: str | os.PathLike, settings: Mapping[str, Any] | None = None
 ) -> Path:
     """Write :func:`report_dict` to ``path`` (parents created)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report_dict(reports, settings), indent=2) + "\n")
-    return path
+    return write_text_atomic(path, json.dumps(report_dict(reports, settings), indent=2) + "\n")
 
 
 def format_report(reports: Sequence[FileReport]) -> str:
@@ -347,131 +318,3 @@ def format_report(reports: Sequence[FileReport]) -> str:
         lines.append("")
         lines.append(f"All {len(reports)} items are usable.")
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------------------
-# What to scan: a folder, or what a config would train on
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ScanPlan:
-    """Folders to scan per class, and the settings the items must meet."""
-
-    data_base_dir: Path
-    classes: dict[str, Path]
-    spatial_dims: int | None = None
-    patch_size: list[int] | None = None
-
-
-def _class_folders(folder: Path, prefix: str = "") -> dict[str, Path]:
-    present = {f"{prefix}{c}": folder / c for c in CLASS_FOLDERS if (folder / c).is_dir()}
-    return present or {prefix.rstrip("/") or folder.name or ".": folder}
-
-
-def scan_plan(target: str | os.PathLike) -> ScanPlan:
-    """A folder -> its edente/ dente/ subfolders (or itself); a config JSON -> what it trains on.
-
-    Configs (VAE or WGAN) are read with the trainers' typed loader. With ``patch_mode: "resize"`` images are
-    resized to the patch, so size is not checked.
-    """
-    target = Path(target)
-    if target.is_dir():
-        return ScanPlan(data_base_dir=target, classes=_class_folders(target))
-    if not target.is_file():
-        raise FileNotFoundError(f"{target}: no such folder or config file")
-    from medgen.config import VAEConfig, load_config, read_json
-    from medgen.config.wgan import WGANConfig
-
-    cls = WGANConfig if "wgan_train" in read_json(target) else VAEConfig
-    cfg = load_config(target, cls=cls)  # the trainers' own loader: same defaults and validation
-    base = Path(cfg.data_base_dir)
-    if not base.is_absolute() and not base.exists():  # relative paths in a config are relative to where it runs;
-        base = (target.parent / base) if (target.parent / base).exists() else base  # accept config-relative too
-    classes = {name: base / name for name in cfg.classes}
-    if cfg.val_dir:
-        classes.update(_class_folders(Path(cfg.val_dir), prefix="val/"))
-    if cfg.patch_mode == "resize":
-        patch = None
-    elif isinstance(cfg, WGANConfig):
-        patch = [cfg.wgan_train.image_size] * 2
-    else:
-        patch = list(cfg.autoencoder_train.patch_size)
-    return ScanPlan(data_base_dir=base, classes=classes, spatial_dims=cfg.spatial_dims, patch_size=patch)
-
-
-# --------------------------------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------------------------------
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``medgen check-data``."""
-    p = subparsers.add_parser(
-        "check-data",
-        help="read every image a config (or folder) would train on and report unusable files",
-        description=(
-            "Read every image with medgen's reader and print, per class, the usable files (shapes, bit depths, "
-            "modalities, photometric interpretations, transfer syntaxes) and every unusable file with its reason. "
-            "Exit 0 when all files are usable, 1 otherwise. Reports name files relative to data_base_dir and "
-            "contain no patient data."
-        ),
-    )
-    p.add_argument(
-        "target", metavar="CONFIG_OR_DIR", help="a config JSON (data_base_dir, data_source, ...) or a folder"
-    )
-    p.add_argument("--json", metavar="REPORT", help="also write the report as JSON")
-    p.add_argument("--spatial-dims", type=int, choices=(2, 3), help="expected dimensionality (default: from config)")
-    p.add_argument(
-        "--patch-size", type=int, nargs="+", metavar="N", help="minimum size per axis (default: from config)"
-    )
-    p.add_argument("--workers", type=int, default=2, help="reading processes (0: serial; default 2)")
-    p.add_argument(
-        "--cache", metavar="FILE", help="JSON cache of results by path, size and mtime (skip unchanged files)"
-    )
-    p.set_defaults(func=main)
-
-
-def main(args: argparse.Namespace) -> int:
-    try:
-        plan = scan_plan(args.target)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"check-data: {exc}", file=sys.stderr)
-        return 2
-    spatial_dims = args.spatial_dims or plan.spatial_dims
-    patch_size = args.patch_size or plan.patch_size
-    if patch_size is not None and spatial_dims is not None and len(patch_size) != spatial_dims:
-        print(
-            f"check-data: patch_size {patch_size} does not have {spatial_dims} values (spatial_dims)", file=sys.stderr
-        )
-        return 2
-
-    items: list[dict[str, str]] = []
-    for label, folder in plan.classes.items():
-        if not folder.is_dir():
-            print(
-                f"check-data: {label}: folder {folder} does not exist (check data_base_dir, data_source, val_dir)",
-                file=sys.stderr,
-            )
-            continue
-        items += [{"image": str(p), "label": label} for p in find_images(folder)]
-    if not items:
-        print(
-            f"check-data: no image files found under {', '.join(str(f) for f in plan.classes.values())}",
-            file=sys.stderr,
-        )
-        return 1
-    reports = scan_files(
-        items,
-        plan.data_base_dir,
-        spatial_dims,
-        patch_size,
-        workers=args.workers,
-        cache_path=args.cache,
-        progress=sys.stderr.isatty(),
-    )
-    print(format_report(reports))
-    if args.json:
-        settings = {"spatial_dims": spatial_dims, "patch_size": patch_size}
-        print(f"Report written to {write_report_json(reports, args.json, settings)}")
-    return 0 if all(r.ok for r in reports) else 1

@@ -1,11 +1,10 @@
-"""Data discovery (edente/ dente/), the reproducible split, cached datasets and per-rank loaders."""
+"""Cached datasets and per-rank loaders over the items :mod:`medgen.io.discovery` finds."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import random
 from pathlib import Path
 from typing import Sequence
 
@@ -13,61 +12,12 @@ import torch
 from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
 from torch.utils.data import DistributedSampler
 
-from medgen.config import ConfigError
-from medgen.config.vae import RunConfig
+from medgen.config import RunConfig
 from medgen.data.transforms import train_transforms, val_transforms
+from medgen.io.discovery import item_signature, relative_name
+from medgen.io.reader import ImageReadError
 
 log = logging.getLogger("medgen.data")
-
-
-def _items_in(folder: Path, label: str) -> list[dict]:
-    from medgen.data.reader import find_images
-
-    return [{"image": str(p), "label": label} for p in sorted(find_images(folder))]
-
-
-def discover_items(cfg: RunConfig) -> tuple[list[dict], list[dict]]:
-    """Training and validation items ``{"image": path, "label": class}`` for ``data_source``.
-
-    Validation comes from ``val_dir`` when set (its edente/ dente/ subfolders, or the folder itself),
-    otherwise a ``1 - train_split`` share of each class, drawn reproducibly from ``seed``.
-    """
-    base = Path(cfg.data_base_dir)
-    if not base.is_dir():
-        raise ConfigError(
-            f"data_base_dir={cfg.data_base_dir} is not a folder; point it at a folder with edente/ and dente/, "
-            f"or create a demo set with `medgen demo-data {cfg.data_base_dir}`"
-        )
-    train, val = [], []
-    for label in cfg.classes:
-        folder = base / label
-        items = _items_in(folder, label) if folder.is_dir() else []
-        if not items:
-            raise ConfigError(
-                f"no images found in {folder} (data_source={cfg.data_source!r}); put DICOM/NIfTI/PNG files there, "
-                f"or create a demo set with `medgen demo-data {cfg.data_base_dir}`"
-            )
-        if cfg.val_dir is None:
-            random.Random(f"{cfg.seed}-{label}").shuffle(items)
-            n_val = max(1, round(len(items) * (1 - cfg.train_split))) if len(items) > 1 else 0
-            val += items[:n_val]
-            items = items[n_val:]
-        train += items
-    if cfg.val_dir is not None:
-        vdir = Path(cfg.val_dir)
-        subdirs = [vdir / c for c in cfg.classes if (vdir / c).is_dir()]
-        val = [it for d in subdirs for it in _items_in(d, d.name)] if subdirs else _items_in(vdir, "val")
-        if not val:
-            raise ConfigError(f"val_dir={cfg.val_dir} holds no images")
-    return train, val
-
-
-def relative_name(path: str | Path, base: str | Path) -> str:
-    """A file's name relative to ``base`` for reports and logs (never header values)."""
-    try:
-        return str(Path(path).resolve().relative_to(Path(base).resolve()))
-    except ValueError:
-        return Path(path).name
 
 
 class SkipUnreadable(torch.utils.data.Dataset):
@@ -94,8 +44,6 @@ class SkipUnreadable(torch.utils.data.Dataset):
     def _report(self, path: str, error: Exception) -> None:
         if self.report_path is None:
             return
-        from medgen.data.reader import ImageReadError
-
         cause = error if isinstance(error, ImageReadError) else (error.__cause__ or error)
         # the reason code or the exception type: never the message, which could quote file content
         reason = cause.reason if isinstance(cause, ImageReadError) else type(cause).__name__
@@ -107,30 +55,31 @@ class SkipUnreadable(torch.utils.data.Dataset):
 
 def _cache_dir(cfg: RunConfig, patch_size: Sequence[int]) -> Path:
     # The cached content depends on these settings: a change gets a fresh folder instead of stale tensors.
-    key = json.dumps([cfg.spatial_dims, list(cfg.intensity_percentiles), cfg.patch_mode, list(patch_size), 1])
+    key = json.dumps([cfg.spatial_dims, list(cfg.intensity_percentiles), cfg.patch_mode, list(patch_size), 2])
     return Path(cfg.cache_dir or Path(cfg.run_dir) / "cache") / hashlib.sha1(key.encode()).hexdigest()[:12]
 
 
-def _with_stat(items: Sequence[dict]) -> list[dict]:
-    # size and mtime are part of the cache key, so an edited file is decoded again
-    out = []
-    for it in items:
-        p = Path(it["image"])
-        st = p.stat() if p.exists() else None
-        stamp = f"{st.st_size}-{st.st_mtime_ns}" if st else "missing"
-        out.append({**it, "stamp": stamp})
-    return out
+class StampedPersistentDataset(PersistentDataset):
+    """MONAI's ``PersistentDataset`` whose cache key includes the item's change stamp
+    (:func:`medgen.io.discovery.item_signature`: size and mtime of the file, or of every file of a series),
+    taken each time the item is read: a file or one slice of a series edited during a run is decoded again
+    at its next read, and the old entry is never served."""
+
+    def _cachecheck(self, item_transformed):
+        stamp = item_signature(item_transformed["image"]) or "missing"
+        return super()._cachecheck({**item_transformed, "stamp": stamp})
 
 
 def build_dataset(cfg: RunConfig, items: Sequence[dict], patch_size: Sequence[int], train: bool, rank: int = 0):
-    """A dataset over ``items`` with the config's caching: ``disk`` (PersistentDataset, one copy on disk
-    shared by every rank), ``memory`` (CacheDataset, one copy per process) or ``none``."""
+    """A dataset over ``items`` with the config's caching: ``disk`` (:class:`StampedPersistentDataset`, one copy
+    on disk shared by every rank, re-decoded when a file changes), ``memory`` (CacheDataset, one copy per
+    process, decoded once) or ``none``."""
     transform = train_transforms(cfg, patch_size) if train else val_transforms(cfg, patch_size)
-    data = _with_stat(items)
+    data = list(items)
     if cfg.cache == "disk":
         cache = _cache_dir(cfg, patch_size)
         cache.mkdir(parents=True, exist_ok=True)
-        ds = PersistentDataset(data, transform=transform, cache_dir=cache)
+        ds = StampedPersistentDataset(data, transform=transform, cache_dir=cache)
     elif cfg.cache == "memory":
         ds = CacheDataset(data, transform=transform, num_workers=None, progress=rank == 0)
     else:

@@ -1,6 +1,6 @@
 """Synthetic demo data: jaw radiographs (2D) and CBCT-like volumes (3D) written as DICOM.
 
-``medgen demo-data OUT`` writes ``OUT/edente/`` (jaws without teeth) and ``OUT/dente/`` (jaws with teeth) in
+:func:`write_demo_dataset` (``medgen demo-data OUT``) writes ``OUT/edente/`` (jaws without teeth) and ``OUT/dente/`` (jaws with teeth) in
 the same layout as real data, so the whole pipeline (discovery, DICOM reading, training, TensorBoard) can be
 tried without patient data. Every file is labelled synthetic (PatientName ``SYNTHETIC^DEMO``, ImageType
 ``DERIVED\\SECONDARY``, ConversionType ``SYN``, ImageComments) and the output is byte-for-byte reproducible
@@ -12,14 +12,15 @@ a panoramic radiograph / CBCT of a jaw at thumbnail size", not at anatomical acc
 
 from __future__ import annotations
 
-import argparse
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
+from scipy.ndimage import gaussian_filter
 
-__all__ = ["CLASSES", "make_jaw_image", "make_jaw_volume", "write_demo_dataset", "register"]
+from medgen.errors import InvalidValueError
+
+__all__ = ["CLASSES", "DEFAULT_SIZE", "make_jaw_image", "make_jaw_volume", "write_demo_dataset"]
 
 #: Class folders, in the order they are written (the same names the data discovery looks for).
 CLASSES = ("edente", "dente")
@@ -38,22 +39,8 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def _blur(a: np.ndarray, sigma: float) -> np.ndarray:
-    """Separable Gaussian blur over every axis of ``a`` (reflect padding); sigma in pixels."""
-    if sigma <= 0:
-        return a
-    rad = max(1, int(3 * sigma + 0.5))
-    k = np.exp(-0.5 * (np.arange(-rad, rad + 1) / sigma) ** 2)
-    k /= k.sum()
-    out = a
-    for ax in range(a.ndim):
-        moved = np.moveaxis(out, ax, 0)
-        pad = np.pad(moved, [(rad, rad)] + [(0, 0)] * (a.ndim - 1), mode="reflect")
-        acc = np.zeros_like(moved)
-        n = moved.shape[0]
-        for j, w in enumerate(k):
-            acc += w * pad[j : j + n]
-        out = np.moveaxis(acc, 0, ax)
-    return out
+    """Gaussian blur over every axis of ``a`` (mirror padding, kernel radius 3 sigma); sigma in pixels."""
+    return gaussian_filter(a, sigma, mode="mirror", truncate=3.0) if sigma > 0 else a
 
 
 def _texture(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
@@ -139,7 +126,7 @@ def make_jaw_image(rng: np.random.Generator, size: int, teeth: bool) -> np.ndarr
         float32 array of shape (size, size), values in [0, 1] (bright = dense), rows top to bottom.
     """
     if size < MIN_SIZE:
-        raise ValueError(f"size must be >= {MIN_SIZE} pixels, got {size}")
+        raise InvalidValueError(f"size must be >= {MIN_SIZE} pixels, got {size}")
     lin = (np.arange(size, dtype=np.float32) + 0.5) / size * 2.0 - 1.0
     y, x = np.meshgrid(lin, lin, indexing="ij")  # y grows downwards, like image rows
     edge = 1.2 / size  # about half a pixel of softness in the [-1, 1] frame
@@ -275,7 +262,7 @@ def make_jaw_volume(rng: np.random.Generator, size: int, teeth: bool) -> np.ndar
         (air -1000 ... enamel ~3000).
     """
     if size < MIN_SIZE:
-        raise ValueError(f"size must be >= {MIN_SIZE} voxels, got {size}")
+        raise InvalidValueError(f"size must be >= {MIN_SIZE} voxels, got {size}")
     lin = (np.arange(size, dtype=np.float32) + 0.5) / size * 2.0 - 1.0
     y, x = np.meshgrid(lin, lin, indexing="ij")
     z = lin[:, None, None]
@@ -462,11 +449,11 @@ def _write_volume(folder: Path, vol: np.ndarray, seed: int, cls: str, i: int) ->
 def _prepare_out_dir(out: Path) -> None:
     """Create ``out``; clear a previous demo data set there, but never touch a folder that is not one."""
     if out.exists() and not out.is_dir():
-        raise ValueError(f"{out} exists and is not a folder; choose another output path")
+        raise InvalidValueError(f"{out} exists and is not a folder; choose another output path")
     if out.is_dir() and any(out.iterdir()):
         readme = out / "README.txt"
         if not (readme.is_file() and readme.read_text(encoding="utf-8").startswith(_README_MARKER)):
-            raise ValueError(
+            raise InvalidValueError(
                 f"{out} is not empty and is not a medgen demo data folder (no README.txt from `medgen demo-data`); "
                 "choose an empty or new folder so no real data is overwritten"
             )
@@ -496,12 +483,12 @@ def write_demo_dataset(
         ``out_dir`` as a Path.
     """
     if spatial_dims not in (2, 3):
-        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        raise InvalidValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
     size = DEFAULT_SIZE[spatial_dims] if size is None else int(size)
     if size < MIN_SIZE:
-        raise ValueError(f"size must be >= {MIN_SIZE}, got {size}")
+        raise InvalidValueError(f"size must be >= {MIN_SIZE}, got {size}")
     if count < 1:
-        raise ValueError(f"count must be >= 1, got {count}")
+        raise InvalidValueError(f"count must be >= 1, got {count}")
     out = Path(out_dir)
     _prepare_out_dir(out)
     # README first: it marks the folder as demo data, so an interrupted run can be re-run into it.
@@ -523,32 +510,3 @@ def write_demo_dataset(
             else:
                 _write_volume(out / cls / f"vol_{i:04d}", make_jaw_volume(rng, size, cls == "dente"), seed, cls, i)
     return out
-
-
-# --------------------------------------------------------------------------------------------- CLI
-def _run(args: argparse.Namespace) -> int:
-    try:
-        out = write_demo_dataset(args.out, args.spatial_dims, args.count, args.size, args.seed)
-    except ValueError as err:
-        print(f"medgen demo-data: error: {err}", file=sys.stderr)
-        return 2
-    size = args.size or DEFAULT_SIZE[args.spatial_dims]
-    shape = f"{size}x{size} images" if args.spatial_dims == 2 else f"{size}^3 volumes"
-    n = args.count
-    print(f"wrote {2 * n} synthetic {shape} ({n} edente, {n} dente, seed {args.seed}) to {out}")
-    return 0
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``demo-data`` sub-command."""
-    p = subparsers.add_parser(
-        "demo-data",
-        help="write a small synthetic DICOM data set (edente/ and dente/) to try medgen without patient data",
-        description=__doc__.splitlines()[0],
-    )
-    p.add_argument("out", type=Path, help="output folder (created; a previous demo folder there is replaced)")
-    p.add_argument("--spatial-dims", type=int, choices=(2, 3), default=2, help="2: panoramic images, 3: CBCT volumes")
-    p.add_argument("--count", type=int, default=16, help="images (or volumes) per class (default 16)")
-    p.add_argument("--size", type=int, default=None, help="image side in pixels (default 128 for 2D, 32 for 3D)")
-    p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files (default 0)")
-    p.set_defaults(func=_run)

@@ -26,11 +26,11 @@ from monai.transforms import (
     SpatialPadd,
 )
 
-from medgen.config.vae import RunConfig
+from medgen.config import RunConfig
 
 
 class LoadDentalImaged(MapTransform):
-    """Read each key's path with :func:`medgen.data.reader.read_image` (DICOM file or series, NIfTI, PNG).
+    """Read each key's path with :func:`medgen.io.reader.read_image` (DICOM file or series, NIfTI, PNG).
 
     Output: a float32 tensor (C, *spatial) in presentation form; the spacing goes to ``{key}_spacing``.
     """
@@ -39,7 +39,7 @@ class LoadDentalImaged(MapTransform):
         super().__init__(keys, allow_missing_keys)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
-        from medgen.data.reader import read_image
+        from medgen.io.reader import read_image
 
         d = dict(data)
         for key in self.key_iterator(d):

@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from medgen.io.checkpoint import without_prefix
+
 __all__ = ["FeatureExtractor"]
 
 
@@ -56,9 +58,7 @@ def _load_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
         state = state["state_dict"]  # common checkpoint layout {"state_dict": ..., "epoch": ...}
     if not isinstance(state, Mapping):
         raise ValueError(f"FeatureExtractor: {path} holds a {type(state).__name__}, not a state dict.")
-    # weights saved from a DataParallel/DDP wrapper carry a "module." prefix
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module.") :]: v for k, v in state.items()}
+    state = without_prefix(state)  # weights saved from a DataParallel/DDP wrapper carry a "module." prefix
     return state
 
 

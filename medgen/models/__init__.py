@@ -12,5 +12,4 @@ from medgen.models.wgan import (  # noqa: F401
     WGANGenerator,
     build_critic,
     build_generator,
-    dcgan_init,
 )

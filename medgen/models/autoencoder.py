@@ -9,6 +9,8 @@ import torch
 from monai.networks.nets import AutoencoderKL, PatchDiscriminator
 
 from medgen.config import AutoencoderDef, ConfigError, DiscriminatorDef, from_dict
+from medgen.errors import InvalidValueError
+from medgen.io.checkpoint import load_checkpoint, without_prefix
 
 
 def build_autoencoder(ae_def: AutoencoderDef, cls: type[AutoencoderKL] = AutoencoderKL) -> AutoencoderKL:
@@ -70,16 +72,14 @@ def load_autoencoder(
         map_location: device for the loaded tensors.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    ckpt = load_checkpoint(path, map_location=map_location)
     if not isinstance(ckpt, Mapping):
-        raise ValueError(f"{path} does not hold a state dict or a medgen checkpoint")
+        raise InvalidValueError(f"{path} does not hold a state dict or a medgen checkpoint")
     state = ckpt.get("autoencoder", ckpt)
     if "state_dict" in state and isinstance(state["state_dict"], Mapping):
         state = state["state_dict"]
     model = build_autoencoder(_as_ae_def(autoencoder_def, ckpt))
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = without_prefix(state)
     if set(state) == set(model.state_dict()):
         model.load_state_dict(state)
     else:
@@ -89,7 +89,7 @@ def load_autoencoder(
         try:
             model.load_old_state_dict(old)
         except (KeyError, RuntimeError) as e:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{path} does not match autoencoder_def (neither a MONAI nor a monai-generative AutoencoderKL "
                 f"state dict of this architecture): {e}"
             ) from None

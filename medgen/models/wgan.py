@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from monai.networks.utils import normal_init
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
 __all__ = [
@@ -27,7 +28,6 @@ __all__ = [
     "WGANGenerator",
     "WGANCritic",
     "DecoderGenerator",
-    "dcgan_init",
     "build_generator",
     "build_critic",
     "GENERATOR_TYPES",
@@ -99,24 +99,6 @@ class SelfAttention2d(nn.Module):
         return x + self.gamma * out
 
 
-def dcgan_init(module: nn.Module) -> None:
-    """DCGAN initialisation (Radford et al. 2016), to be used as ``net.apply(dcgan_init)``.
-
-    Conv, transposed-conv and linear weights ~ N(0, 0.02); BatchNorm weights ~ N(1, 0.02); their biases 0.
-    Other modules (InstanceNorm, attention gate) keep their own initialisation.
-
-    Args:
-        module: a single module (``nn.Module.apply`` visits every submodule).
-    """
-    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-        nn.init.normal_(module.weight, 0.0, 0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
-        nn.init.normal_(module.weight, 1.0, 0.02)
-        nn.init.zeros_(module.bias)
-
-
 class WGANGenerator(nn.Module):
     """DCGAN generator: dense z -> g_channels x 4 x 4, transposed-conv upsampling to ``image_size``, Tanh.
 
@@ -128,7 +110,7 @@ class WGANGenerator(nn.Module):
         self_attention_resolutions: resolutions (4 .. image_size // 2) after which a :class:`SelfAttention2d`
             block is inserted, e.g. ``(16, 32)``.
         min_channels: floor for the halving channel count.
-        init_weights: apply :func:`dcgan_init` at construction.
+        init_weights: apply the DCGAN initialisation (MONAI's ``normal_init``: conv/linear weights ~ N(0, 0.02), BatchNorm weights ~ N(1, 0.02), biases 0) at construction.
 
     Shapes:
         input ``z`` (B, z_dim) (or (B, z_dim, 1, 1)) -> output (B, out_channels, image_size, image_size) in [-1, 1].
@@ -187,7 +169,7 @@ class WGANGenerator(nn.Module):
             ch = out_ch
         self.blocks = nn.Sequential(*layers)
         if init_weights:
-            self.apply(dcgan_init)
+            self.apply(normal_init)
 
     def sample_latent(
         self, batch_size: int, device: torch.device | str | None = None, generator: torch.Generator | None = None
@@ -222,7 +204,7 @@ class WGANCritic(nn.Module):
             :class:`SelfAttention2d` block is inserted.
         max_channels: cap for the doubling channels; default ``8 * d_channels``.
         norm: ``"instance"`` (InstanceNorm2d(affine=True)) or ``"none"`` (common with spectral norm).
-        init_weights: apply :func:`dcgan_init` (before spectral norm is registered).
+        init_weights: apply the DCGAN initialisation (``normal_init``, before spectral norm is registered).
 
     Shapes:
         input (B, in_channels, image_size, image_size) -> output (B,) scores;
@@ -276,7 +258,7 @@ class WGANCritic(nn.Module):
         self.feature_channels = ch
         self.head = nn.Conv2d(ch, 1, kernel_size=4, stride=1, padding=0)
         if init_weights:
-            self.apply(dcgan_init)
+            self.apply(normal_init)
         if spectral_norm:
             for m in list(self.modules()):
                 if isinstance(m, (nn.Conv2d, nn.Linear)):

@@ -1,4 +1,4 @@
-"""The pre-training data check shared by every trainer: scan once on rank 0, stop or skip bad files."""
+"""The launcher's data step, shared by every trainer: find the items, scan them once on rank 0, stop or skip bad files."""
 
 from __future__ import annotations
 
@@ -6,16 +6,22 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from medgen.config import ConfigError
-from medgen.config.vae import RunConfig
+from medgen.config import RunConfig
 from medgen.data.check import format_report, scan_files, write_report_json
-from medgen.distributed import DistInfo, broadcast_object
+from medgen.errors import MedgenError
+from medgen.io.discovery import discover_items
+from medgen.training.distributed import DistInfo, broadcast_object
 
 log = logging.getLogger("medgen.train")
 
 
-class DataCheckError(ConfigError):
+class DataCheckError(MedgenError):
     """Some training or validation files are unusable and ``skip_bad_files`` is false."""
+
+
+def training_items(cfg: RunConfig, patch_size: Sequence[int], dist_info: DistInfo) -> tuple[list[dict], list[dict]]:
+    """The training and validation items of ``cfg`` (:func:`medgen.io.discovery.discover_items`), checked."""
+    return checked_items(cfg, *discover_items(cfg), patch_size, dist_info)
 
 
 def checked_items(

@@ -49,6 +49,8 @@ from typing import Any
 
 import numpy as np
 
+from medgen.errors import MedgenError, MissingInputError
+
 __all__ = [
     "ImageReadError",
     "ImageInfo",
@@ -93,7 +95,7 @@ _DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 _SERIES_SAMPLE = 32  # files whose headers find_images reads to decide whether a folder is one volume
 
 
-class ImageReadError(ValueError):
+class ImageReadError(MedgenError, ValueError):
     """An image that medgen cannot use.
 
     Args:
@@ -227,7 +229,7 @@ def find_images(folder: str | os.PathLike) -> list[Path]:
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: no such folder (expected a folder of images)")
+        raise MissingInputError(f"{folder}: no such folder (expected a folder of images)")
     items: list[Path] = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))

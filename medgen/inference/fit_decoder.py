@@ -16,7 +16,6 @@ Example::
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 from dataclasses import dataclass, field
@@ -28,8 +27,9 @@ from tqdm.auto import tqdm
 
 from medgen.models.layers import CropPad
 from medgen.models.progressive_decoder import ProgressiveDecoder
+from medgen.errors import InvalidValueError
 
-__all__ = ["FitResult", "estimate_noise_std", "fit_decoder", "register"]
+__all__ = ["FitResult", "estimate_noise_std", "fit_decoder", "write_like_input"]
 
 logger = logging.getLogger(__name__)
 
@@ -115,17 +115,17 @@ def fit_decoder(
         a :class:`FitResult`.
     """
     if steps < 0 or patience < 1 or lr < 0:
-        raise ValueError(f"fit_decoder: need steps >= 0, patience >= 1 and lr >= 0; got {steps}, {patience}, {lr}.")
+        raise InvalidValueError(f"fit_decoder: need steps >= 0, patience >= 1 and lr >= 0; got {steps}, {patience}, {lr}.")
     img = np.asarray(image, dtype=np.float32)
     if img.ndim == 2:
         img = img[None]
     if img.ndim not in (3, 4):
-        raise ValueError(f"fit_decoder: expected (H, W), (C, H, W) or (C, D, H, W), got shape {img.shape}.")
+        raise InvalidValueError(f"fit_decoder: expected (H, W), (C, H, W) or (C, D, H, W), got shape {img.shape}.")
     img = img.mean(axis=0) if img.shape[0] > 1 else img[0]  # the decoder makes one channel
     spatial_shape = img.shape
     spatial_dims = img.ndim
     if not np.isfinite(img).all():
-        raise ValueError("fit_decoder: the image contains NaN or infinite values; clean it first.")
+        raise InvalidValueError("fit_decoder: the image contains NaN or infinite values; clean it first.")
 
     observed = np.ones(spatial_shape, dtype=bool)
     if mask is not None:
@@ -133,13 +133,13 @@ def fit_decoder(
         if m.ndim == spatial_dims + 1:
             m = m.any(axis=0) if m.shape[0] > 1 else m[0]
         if m.shape != spatial_shape:
-            raise ValueError(
+            raise InvalidValueError(
                 f"fit_decoder: mask shape {m.shape} does not match the image's spatial shape {spatial_shape}; "
                 f"give a mask of the same size."
             )
         observed = m == 0
         if not observed.any():
-            raise ValueError("fit_decoder: the mask covers the whole image; nothing is left to fit.")
+            raise InvalidValueError("fit_decoder: the mask covers the whole image; nothing is left to fit.")
 
     # normalise the observed intensities to [0, 1], the range of the decoder's sigmoid output
     lo, hi = float(img[observed].min()), float(img[observed].max())
@@ -218,9 +218,9 @@ def fit_decoder(
 
 
 # ------------------------------------------------------------------------------------------------ CLI
-def _write_like_input(recon: np.ndarray, out: Path, spacing: tuple, info, source: Path) -> None:
+def write_like_input(recon: np.ndarray, out: Path, spacing: tuple, info, source: Path) -> None:
     """Write ``recon`` so that it reads back in the input's units (and geometry for DICOM)."""
-    from medgen.data import write_image
+    from medgen.io import write_image
 
     array = recon
     if out.name.lower().endswith(".png") and np.issubdtype(np.dtype(info.dtype), np.integer):
@@ -233,81 +233,3 @@ def _write_like_input(recon: np.ndarray, out: Path, spacing: tuple, info, source
     # only geometry attributes are copied from a reference (the writer's allow-list), nothing identifying
     reference = source if info.kind == "dicom" and out.name.lower().endswith(".dcm") else None
     write_image(array, out, spacing=spacing, reference=reference)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Entry point of ``medgen fit-decoder``; returns the exit code."""
-    from medgen.data import ImageReadError, read_image, read_image_and_info
-
-    for name in ("input", "mask"):
-        p = getattr(args, name)
-        if p is not None and not Path(p).exists():
-            raise SystemExit(f"medgen fit-decoder: --{name} {p} does not exist.")
-    try:
-        image, spacing, info = read_image_and_info(args.input)
-        mask = read_image(args.mask)[0] if args.mask is not None else None
-    except ImageReadError as e:  # names the file and the reason, never header values
-        raise SystemExit(f"medgen fit-decoder: {e}") from None
-    if mask is not None and mask.shape[1:] != image.shape[1:]:
-        raise SystemExit(
-            f"medgen fit-decoder: --mask {args.mask} has spatial shape {mask.shape[1:]}, but --input {args.input} "
-            f"has {image.shape[1:]}; give a mask of the same size."
-        )
-    result = fit_decoder(
-        image,
-        mask,
-        steps=args.steps,
-        lr=args.lr,
-        patience=args.patience,
-        min_delta=args.min_delta,
-        noise_std=args.noise_std,
-        latent_channels=args.latent_channels,
-        seed=args.seed,
-        device=args.device,
-        keep_observed=args.keep_observed,
-        progress=False if args.no_progress else None,
-    )
-    out = Path(args.output)
-    _write_like_input(result.reconstruction, out, spacing, info, Path(args.input))
-    print(
-        f"fit-decoder: {'inpainted' if mask is not None else 'denoised'} {Path(args.input).name} in "
-        f"{len(result.losses)} steps (best loss {min(result.losses, default=float('nan')):.3e}, "
-        f"stopped: {result.stop_reason}) -> {out}"
-    )
-    return 0
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``fit-decoder`` sub-command."""
-    p = subparsers.add_parser(
-        "fit-decoder",
-        help="denoise or inpaint one image by fitting a ProgressiveDecoder to it",
-        description="Reconstruct one radiograph (or volume) by fitting a ProgressiveDecoder's latent and weights to "
-        "it. Pixels where --mask is non-zero are inpainted; without a mask the image is denoised and the fit stops at "
-        "the estimated noise level. The output format follows the --output suffix (.png, .nii.gz, .dcm); PNG output "
-        "keeps the input's integer units, DICOM output copies only geometry from a DICOM input.",
-    )
-    p.add_argument("--input", required=True, type=Path, help="image to reconstruct (DICOM, NIfTI or PNG)")
-    p.add_argument("--mask", type=Path, help="same-size mask; non-zero pixels are inpainted")
-    p.add_argument("--output", required=True, type=Path, help="where to write the reconstruction")
-    p.add_argument("--steps", type=int, default=2000, help="maximum optimisation steps (default 2000)")
-    p.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (default 1e-2)")
-    p.add_argument("--patience", type=int, default=200, help="stop after N steps without improvement (default 200)")
-    p.add_argument("--min-delta", type=float, default=1e-3, help="relative loss improvement that counts (default 1e-3)")
-    p.add_argument(
-        "--noise-std",
-        type=float,
-        default=None,
-        help="noise std as a fraction of the intensity range; the fit stops at this level "
-        "(default: estimated from the image; 0 disables)",
-    )
-    p.add_argument(
-        "--latent-channels", type=int, default=None, help="decoder capacity (default: half the grid size, 16 to 64)"
-    )
-    p.add_argument(
-        "--keep-observed", action="store_true", help="keep unmasked pixels as they are; replace only the mask"
-    )
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.set_defaults(func=run)

@@ -21,16 +21,14 @@ window, ``patch_mode``), apply the training's deterministic preprocessing
   whole set, the factor latent diffusion multiplies latents by.
 
 Outputs are named after the input's path relative to the input folder (or its file name), never after
-header values; DICOM output goes through :func:`medgen.data.writer.write_image`, which writes no patient
+header values; DICOM output goes through :func:`medgen.io.writer.write_image`, which writes no patient
 or study attributes.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,8 +42,9 @@ from monai.transforms import CenterSpatialCrop, DivisiblePad, Resize
 from monai.utils import convert_to_tensor
 from tqdm import tqdm
 
-from medgen.config import AutoencoderDef, ConfigError, VAEConfig, from_dict, load_config, read_json
-from medgen.config.vae import RunConfig
+from medgen.config import AutoencoderDef, ConfigError, VAEConfig, from_dict, load_config
+from medgen.io.checkpoint import load_checkpoint, save_checkpoint
+from medgen.io.files import atomic_path, write_text_atomic
 from medgen.models.autoencoder import build_autoencoder, load_autoencoder
 
 __all__ = [
@@ -62,7 +61,6 @@ __all__ = [
     "decode_latents",
     "reconstruct",
     "encode",
-    "register",
 ]
 
 FORMATS = {"nii": ".nii.gz", "png": ".png", "dcm": ".dcm"}
@@ -108,12 +106,7 @@ def checkpoint_config(checkpoint: str | Path, config: str | Path | None = None) 
         ConfigError: no config in the checkpoint and none given, or the stored config is not a VAE config.
     """
     checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
-        raise ConfigError(f"checkpoint {checkpoint} does not exist; pass a file written by the VAE trainer (run_dir/checkpoints/best.pt)")
-    try:  # mmap: read the small config without loading every tensor of a large checkpoint into memory
-        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # legacy (non-zip) serialization cannot be memory-mapped
-        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    ckpt = load_checkpoint(checkpoint, mmap=True)  # mmap: the small config without reading every tensor
     stored = ckpt.get("config") if isinstance(ckpt, dict) else None
     if isinstance(stored, dict):
         if "autoencoder_def" not in stored:
@@ -173,13 +166,12 @@ def _stem(relative: str) -> str:
 
 
 def _named(paths: Sequence[Path], base: Path) -> list[InputItem]:
+    from medgen.io.discovery import relative_name
+
     rels = []
     for p in paths:
-        try:
-            rel = p.resolve().relative_to(base.resolve()).as_posix()
-        except ValueError:
-            rel = p.name
-        rels.append(p.name if rel in ("", ".") else rel)
+        rel = relative_name(p, base)
+        rels.append(p.name if rel in ("", ".") or rel.startswith("..") else rel)
     stems = [_stem(r) for r in rels]
     # a.png and a.dcm side by side would both become a.nii.gz: those keep their full name
     clash = {s for s in stems if stems.count(s) > 1}
@@ -187,38 +179,20 @@ def _named(paths: Sequence[Path], base: Path) -> list[InputItem]:
 
 
 def find_inputs(source: str | Path) -> list[InputItem]:
-    """The images named by ``source``.
-
-    Args:
-        source: an image file (DICOM, NIfTI, PNG/JPEG/TIFF), a DICOM series folder, a folder of images
-            (searched recursively with :func:`medgen.data.reader.find_images`), or a training config JSON,
-            whose validation split (:func:`medgen.data.datasets.discover_items`) is used.
+    """The images named by ``source`` (:func:`medgen.io.discovery.data_source`, as ``check-data`` and training
+    read it): an image file, a DICOM series folder, a data folder (its edente/ dente/ images, or every image
+    under it), or a training config JSON, whose validation split is used.
 
     Returns:
         items sorted by path; names are relative to the folder (or the config's ``data_base_dir``).
     """
-    from medgen.data.datasets import discover_items
-    from medgen.data.reader import find_images
+    from medgen.io.discovery import data_source
 
-    source = Path(source)
-    if source.is_file() and source.suffix.lower() == ".json":
-        data = read_json(source)
-        # Only the data keys matter here, so VAE and WGAN configs alike work.
-        keys = set(RunConfig.__dataclass_fields__)
-        cfg = from_dict(RunConfig, {k: v for k, v in data.items() if k in keys})
-        cfg.validate()
-        _, val = discover_items(cfg)
-        if not val:
-            raise ConfigError(f"{source}: its validation split is empty (train_split={cfg.train_split}, val_dir={cfg.val_dir})")
-        return _named([Path(it["image"]) for it in val], Path(cfg.data_base_dir))
-    if source.is_file():
-        return _named([source], source.parent)
-    if source.is_dir():
-        paths = find_images(source)
-        if not paths:
-            raise ConfigError(f"no images found under {source}; give an image file, a folder of DICOM/NIfTI/PNG files or a config JSON")
-        return _named(paths, source)
-    raise ConfigError(f"--input {source} does not exist; give an image file, a folder of images or a training config JSON")
+    src = data_source(source)
+    items = src.val if src.config is not None else src.train
+    if src.config is not None and not items:
+        raise ConfigError(f"{source}: its validation split is empty (train_split={src.config.train_split}, val_dir={src.config.val_dir})")
+    return _named(sorted(Path(it["image"]) for it in items), src.base)
 
 
 # ------------------------------------------------------------------------------------------- preprocessing
@@ -275,8 +249,8 @@ def _device_of(model: torch.nn.Module) -> torch.device:
 
 # ------------------------------------------------------------------------------------------- reconstruct
 def _write(y: torch.Tensor, item: InputItem, output_dir: Path, fmt: str, spacing: Sequence[float]) -> Path:
-    from medgen.data.reader import image_kind
-    from medgen.data.writer import write_image
+    from medgen.io.reader import image_kind
+    from medgen.io.writer import write_image
 
     out = output_dir / f"{item.name}{FORMATS[fmt]}"
     array = y.detach().cpu().float().numpy()
@@ -355,15 +329,12 @@ class _RunningMoments:
 
 
 def _save_latent(record: dict, path: Path, latent_format: str) -> Path:
-    from medgen.training.checkpoint import save_checkpoint
-
     path.parent.mkdir(parents=True, exist_ok=True)
     if latent_format == "pt":
         return save_checkpoint(record, path)  # atomic; loads with weights_only=True
     arrays = {k: (v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v)) for k, v in record.items()}
-    tmp = path.with_name(f".{path.name}.tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez adds no suffix
+        np.savez(f, **arrays)
     return path
 
 
@@ -434,7 +405,7 @@ def encode_items(
         "downsample_factor": factor,
     }
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / SCALE_FACTOR_FILE).write_text(json.dumps(stats, indent=2) + "\n")
+    write_text_atomic(output_dir / SCALE_FACTOR_FILE, json.dumps(stats, indent=2) + "\n")
     return stats
 
 
@@ -491,65 +462,3 @@ def encode(
     """Load the checkpoint, find the inputs, :func:`encode_items`. Returns the scale-factor statistics."""
     model, cfg = load_model(checkpoint, config, device)
     return encode_items(model, cfg, find_inputs(input), output_dir, sample, latent_format, seed, progress)
-
-
-def _common_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="checkpoint written by the VAE trainer (e.g. run_dir/checkpoints/best.pt)")
-    p.add_argument("--input", required=True,
-                   help="an image file, a DICOM series folder, a folder of images, or a training config JSON (its validation split)")
-    p.add_argument("--output", required=True, help="output folder (created)")
-    p.add_argument("--config", default=None, help="VAE config JSON, only for checkpoints that hold no config (plain state dicts)")
-    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-
-
-def _run_reconstruct(args: argparse.Namespace) -> int:
-    return _guarded(lambda: reconstruct(
-        args.checkpoint, args.input, args.output, args.format, config=args.config, device=args.device,
-        sw_batch_size=args.sw_batch_size, overlap=args.overlap,
-    ), lambda out: f"wrote {len(out)} reconstructions to {args.output}")
-
-
-def _run_encode(args: argparse.Namespace) -> int:
-    return _guarded(lambda: encode(
-        args.checkpoint, args.input, args.output, sample=args.sample, latent_format=args.latent_format,
-        config=args.config, device=args.device, seed=args.seed,
-    ), lambda s: f"wrote {s['num_images']} latent files and {Path(args.output) / SCALE_FACTOR_FILE} "
-                 f"(scale_factor {s['scale_factor']:.6g} = 1/std of {s['latent']})")
-
-
-def _guarded(fn, summary) -> int:
-    from medgen.data.reader import ImageReadError
-
-    try:
-        result = fn()
-    except (ConfigError, ImageReadError, FileNotFoundError, ValueError) as e:
-        print(f"medgen: {e}", file=sys.stderr)
-        return 2
-    print(summary(result))
-    return 0
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "reconstruct", help="reconstruct images or volumes with a trained autoencoder (sliding windows)",
-        description="Reconstruct images/volumes with a trained AutoencoderKL: training preprocessing, sliding windows "
-                    "of the training patch size, output in the input's shape and spacing, in [0, 1].",
-    )
-    _common_args(p)
-    p.add_argument("--format", choices=tuple(FORMATS), default="nii", help="output format (png: 2D only; default nii)")
-    p.add_argument("--sw-batch-size", type=int, default=4, help="windows per forward pass (bounds device memory)")
-    p.add_argument("--overlap", type=float, default=0.25, help="overlap of neighbouring windows (fraction)")
-    p.set_defaults(func=_run_reconstruct)
-
-    p = subparsers.add_parser(
-        "encode", help="write latents (z_mu, optionally a sample z) and the latent scale factor 1/std(z)",
-        description="Encode images/volumes with a trained AutoencoderKL into latent files plus scale_factor.json. Each "
-                    "image is encoded whole in one pass (no windows: the bottleneck attention sees the whole input); "
-                    "in crop mode sizes that are not a multiple of the downsampling factor are zero-padded to the next "
-                    "one and image_shape in the file says where to crop the decoded image back to.",
-    )
-    _common_args(p)
-    p.add_argument("--sample", action="store_true", help="also write one sample z = z_mu + sigma * eps (the scale factor then uses z)")
-    p.add_argument("--latent-format", choices=LATENT_FORMATS, default="pt", help="latent file format (default pt)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampled z")
-    p.set_defaults(func=_run_encode)

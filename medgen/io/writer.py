@@ -14,11 +14,13 @@ empty, and from a ``reference`` dataset only the geometry/pixel-description attr
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from medgen.errors import InvalidValueError
+from medgen.io.files import atomic_path
 
 __all__ = ["write_image", "REFERENCE_ALLOW_LIST"]
 
@@ -81,7 +83,7 @@ def write_image(
     path = Path(path)
     arr = _to_numpy(array)
     if arr.ndim not in (3, 4):
-        raise ValueError(
+        raise InvalidValueError(
             f"write_image({path}): expected (C, rows, cols) or (C, slices, rows, cols), got shape {arr.shape}"
         )
     name = path.name.lower()
@@ -92,19 +94,11 @@ def write_image(
     elif name.endswith(".dcm"):
         writer = _write_dicom
     else:
-        raise ValueError(f"write_image({path}): unknown suffix; use .png, .nii, .nii.gz or .dcm")
+        raise InvalidValueError(f"write_image({path}): unknown suffix; use .png, .nii, .nii.gz or .dcm")
     if spacing is not None and len(spacing) != arr.ndim - 1:
-        raise ValueError(f"write_image({path}): spacing {tuple(spacing)} does not match {arr.ndim - 1} spatial axes")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Write next to the target and rename: a crash never leaves a half-written image behind.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.name)
-    os.close(fd)
-    try:
-        writer(arr, Path(tmp), spacing, reference, synthetic, bit_depth, value_range)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        raise InvalidValueError(f"write_image({path}): spacing {tuple(spacing)} does not match {arr.ndim - 1} spatial axes")
+    with atomic_path(path) as tmp:  # a crash never leaves a half-written image behind
+        writer(arr, tmp, spacing, reference, synthetic, bit_depth, value_range)
     return path
 
 
@@ -116,7 +110,7 @@ def _to_numpy(array: Any) -> np.ndarray:
 
 def _single_channel(arr: np.ndarray, path: Path) -> np.ndarray:
     if arr.shape[0] != 1:
-        raise ValueError(f"write_image({path}): expected 1 channel, got {arr.shape[0]} (shape {arr.shape})")
+        raise InvalidValueError(f"write_image({path}): expected 1 channel, got {arr.shape[0]} (shape {arr.shape})")
     return arr[0]
 
 
@@ -125,7 +119,7 @@ def _quantise(arr: np.ndarray, bits: int, value_range: tuple[float, float] | Non
     top = 2**bits - 1
     if np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool:
         if arr.size and (arr.min() < 0 or arr.max() > top):
-            raise ValueError(
+            raise InvalidValueError(
                 f"write_image({path}): integer values in [{arr.min()}, {arr.max()}] do not fit {bits}-bit unsigned; "
                 "pass float data with value_range, or use .nii"
             )
@@ -141,10 +135,10 @@ def _write_png(arr, path, spacing, reference, synthetic, bit_depth, value_range)
     from PIL import Image
 
     if arr.ndim != 3:
-        raise ValueError(f"write_image({path}): PNG holds 2D images, got shape {arr.shape}")
+        raise InvalidValueError(f"write_image({path}): PNG holds 2D images, got shape {arr.shape}")
     bits = bit_depth or (8 if arr.dtype in (np.uint8, np.bool_) else 16)
     if bits not in (8, 16):
-        raise ValueError(f"write_image({path}): PNG bit_depth must be 8 or 16, got {bits}")
+        raise InvalidValueError(f"write_image({path}): PNG bit_depth must be 8 or 16, got {bits}")
     if arr.shape[0] == 3:  # RGB previews: 8-bit only in Pillow
         codes, _, _ = _quantise(np.moveaxis(arr, 0, -1), 8, value_range, path)
         Image.fromarray(codes, mode="RGB").save(path, format="PNG")

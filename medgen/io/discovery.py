@@ -1,0 +1,158 @@
+"""The one way in for data: a config, or a path given on the command line, becomes image items.
+
+An item is ``{"image": path, "label": class}``, the form MONAI dict datasets take: ``path`` is a file or a
+DICOM series folder (one volume), ``label`` the class folder it came from (``edente`` / ``dente``).
+
+- :func:`discover_items` turns a config into its training and validation items (the reproducible split).
+- :func:`data_source` turns what a user typed (a config JSON, a data folder, a series folder or one image
+  file) into items plus the folder they are named relative to. ``check-data``, training, ``reconstruct``,
+  ``encode`` and the bundles all go through these two, so one config or folder means the same images
+  everywhere; relative paths in a config resolve as :func:`medgen.config.load_config` says.
+- :func:`item_signature` is the change stamp of an item (every file of a series), shared by the decoded-image
+  cache and the data-check cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from medgen.config import ConfigError, RunConfig, load_config
+from medgen.io.reader import find_images
+
+CLASS_FOLDERS = ("edente", "dente")  # jaws without teeth, with teeth
+
+
+def images_in(folder: str | os.PathLike, label: str | None) -> list[dict]:
+    """Every image item under ``folder`` (see :func:`medgen.io.reader.find_images`), labelled ``label``."""
+    return [{"image": str(p), "label": label} for p in find_images(folder)]
+
+
+def discover_items(cfg: RunConfig) -> tuple[list[dict], list[dict]]:
+    """Training and validation items for ``data_source``.
+
+    Validation comes from ``val_dir`` when set (its edente/ dente/ subfolders, or the folder itself),
+    otherwise a ``1 - train_split`` share of each class, drawn reproducibly from ``seed``.
+
+    Raises:
+        ConfigError: ``data_base_dir`` is not a folder, a class folder of ``data_source`` holds no images, or
+            ``val_dir`` holds none.
+    """
+    base = Path(cfg.data_base_dir)
+    if not base.is_dir():
+        raise ConfigError(
+            f"data_base_dir={cfg.data_base_dir} is not a folder; point it at the folder that holds edente/ and dente/ "
+            "(a relative path is taken from the current folder, then from the config file's folder)"
+        )
+    train, val = [], []
+    for label in cfg.classes:
+        folder = base / label
+        items = images_in(folder, label) if folder.is_dir() else []
+        if not items:
+            present = [c for c in CLASS_FOLDERS if (base / c).is_dir() and c != label]
+            fix = (f'set data_source="{present[0]}" to train on {base / present[0]} alone, or add images to {folder}'
+                   if present else "put DICOM/NIfTI/PNG files there, or try medgen on synthetic data: `medgen demo-data DIR`")
+            raise ConfigError(f"no images found in {folder} (data_source={cfg.data_source!r}); {fix}")
+        if cfg.val_dir is None:
+            random.Random(f"{cfg.seed}-{label}").shuffle(items)
+            n_val = max(1, round(len(items) * (1 - cfg.train_split))) if len(items) > 1 else 0
+            val += items[:n_val]
+            items = items[n_val:]
+        train += items
+    if cfg.val_dir is not None:
+        vdir = Path(cfg.val_dir)
+        if not vdir.is_dir():
+            raise ConfigError(f"val_dir={cfg.val_dir} is not a folder; point it at a folder of validation images, or set it to null")
+        subdirs = [vdir / c for c in cfg.classes if (vdir / c).is_dir()]
+        val = [it for d in subdirs for it in images_in(d, d.name)] if subdirs else images_in(vdir, "val")
+        if not val:
+            raise ConfigError(f"val_dir={cfg.val_dir} holds no images")
+    return train, val
+
+
+@dataclass
+class DataSource:
+    """The images a config or a command-line path names.
+
+    Attributes:
+        base: the folder items are named relative to in reports and output files.
+        train, val: items; for a folder or a file every item is in ``train`` and ``val`` is empty.
+        config: the loaded config when the source was one, else None.
+    """
+
+    base: Path
+    train: list[dict]
+    val: list[dict]
+    config: RunConfig | None = None
+
+    @property
+    def items(self) -> list[dict]:
+        return [*self.train, *self.val]
+
+
+def folder_items(folder: str | os.PathLike) -> list[dict]:
+    """A data folder's items: its ``edente/`` and ``dente/`` images (labelled so) when it has those
+    subfolders, otherwise every image under it (labelled with the folder's name)."""
+    folder = Path(folder)
+    classes = [folder / c for c in CLASS_FOLDERS if (folder / c).is_dir()]
+    if classes:
+        return [it for d in classes for it in images_in(d, d.name)]
+    return images_in(folder, folder.resolve().name or ".")
+
+
+def data_source(source: str | os.PathLike, overrides: list[str] = (), cls: type | None = None) -> DataSource:
+    """Items from a config JSON (its training and validation split, exactly as training would use), a data
+    folder (:func:`folder_items`; a DICOM series folder is one volume) or one image file.
+
+    Args:
+        source: the path the user gave.
+        overrides: ``--set`` overrides for a config.
+        cls: the config class for a config (None: picked from its sections, see :func:`load_config`).
+
+    Raises:
+        ConfigError: ``source`` does not exist, or a config names no usable data.
+    """
+    path = Path(source)
+    if path.is_file() and path.suffix.lower() == ".json":
+        cfg = load_config(path, list(overrides), cls=cls)
+        train, val = discover_items(cfg)
+        return DataSource(Path(cfg.data_base_dir), train, val, cfg)
+    if path.is_dir():
+        items = folder_items(path)
+        if not items:
+            raise ConfigError(f"no images found under {path}; give a folder of DICOM/NIfTI/PNG files, an image file or a config JSON")
+        return DataSource(path, items, [])
+    if path.is_file():
+        return DataSource(path.parent, [{"image": str(path), "label": None}], [])
+    raise ConfigError(f"{path} does not exist; give an image file, a folder of images or a config JSON")
+
+
+def item_signature(path: str | os.PathLike) -> str | None:
+    """A stamp that changes when an item's content may have changed: size and mtime of a file, or of every
+    file of a DICOM series folder (so one slice edited in place is noticed). None when it does not exist."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            h = hashlib.sha1()
+            for entry in sorted(os.scandir(path), key=lambda e: e.name):
+                if entry.is_file() and not entry.name.startswith("."):
+                    st = entry.stat()
+                    h.update(f"{entry.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            return "d" + h.hexdigest()
+        st = path.stat()
+        return f"{st.st_size}-{st.st_mtime_ns}"
+    except OSError:
+        return None
+
+
+def relative_name(path: str | os.PathLike, base: str | os.PathLike) -> str:
+    """An item's name relative to ``base`` (POSIX separators) for reports, logs and output files: a path the
+    user chose, never a header value. Items outside ``base`` are named by ``..`` steps."""
+    path, base = Path(path).resolve(), Path(base).resolve()
+    try:
+        return path.relative_to(base).as_posix()
+    except ValueError:  # e.g. a val_dir outside data_base_dir
+        return Path(os.path.relpath(path, base)).as_posix()
