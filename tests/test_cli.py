@@ -183,3 +183,26 @@ def test_training_script_ctrl_c_during_training(demo2d, tmp_path):
     lines = [line for line in rest.replace("\r", "\n").splitlines()
              if line.strip() and not PROGRESS.search(line) and not LOG_LINE.match(line)]
     assert lines == ["medgen: interrupted"], rest
+
+
+def test_running_out_of_memory_is_one_line_with_what_to_change(tmp_path, demo2d, checkpoints, monkeypatch, capsys):
+    def allocate(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:119] data. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 279257288704 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr("medgen.inference.autoencoder.preprocess", allocate)
+    assert main(_runs("encode", tmp_path, demo2d, checkpoints)) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith("medgen: out of memory (") and "279257288704 bytes" in line and "smaller" in line
+
+
+def test_a_mask_covering_the_whole_image_is_one_line(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)).save(tmp_path / "img.png")
+    Image.fromarray(np.full((64, 64), 255, dtype=np.uint8)).save(tmp_path / "mask.png")
+    argv = ["fit-decoder", "--input", str(tmp_path / "img.png"), "--mask", str(tmp_path / "mask.png"),
+            "--output", str(tmp_path / "o.png"), "--no-progress"]
+    assert main(argv) == 2
+    assert _one_line(capsys.readouterr().err) == "medgen: fit_decoder: the mask covers the whole image; nothing is left to fit."

@@ -89,3 +89,15 @@ def test_medicalnet_is_refused_for_2d_with_the_fix(tmp_path):
     train = AutoencoderTrain(perceptual_network="medicalnet_resnet10_23datasets", perceptual_cache_dir=str(tmp_path / "hub"))
     with pytest.raises(ConfigError, match="compares 3D volumes but spatial_dims=2; use radimagenet_resnet50"):
         build_perceptual_loss(train, spatial_dims=2)
+
+
+def test_medgen_looks_for_the_hub_repository_monai_loads_from():
+    import inspect
+
+    import monai.losses.perceptual as perceptual
+
+    from medgen.losses.vae import MONAI_HUB_REPO
+
+    source = inspect.getsource(perceptual)
+    assert f'torch.hub.load(\n            "{MONAI_HUB_REPO}:main"' in source  # fixed ref: no default-branch lookup online
+    assert "warvito" not in source.lower()

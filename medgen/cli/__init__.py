@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _out_of_memory(exc: BaseException) -> bool:
     import torch
 
-    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+    if isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)):
         return True
     text = str(exc)
     return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower())

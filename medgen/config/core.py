@@ -11,8 +11,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import os
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -164,3 +166,18 @@ class JsonConfig:
     def from_json(cls, path: str | Path):
         """Read a JSON file (an object of the config's keys); errors name the file and line."""
         return cls.from_dict(read_json(path))
+
+    @classmethod
+    def coerce(cls, config: Any, owner: str):
+        """``config`` as this class: an instance as is, a dict through ``from_dict``, a path through ``from_json``.
+
+        Raises:
+            TypeError: anything else (``owner`` names the caller in the message).
+        """
+        if isinstance(config, cls):
+            return config
+        if isinstance(config, (str, os.PathLike)):
+            return cls.from_json(config)
+        if isinstance(config, Mapping):
+            return cls.from_dict(config)
+        raise TypeError(f"{owner}: expected a {cls.__name__}, dict or JSON path, got {type(config).__name__}.")

@@ -3,8 +3,8 @@
 The shared paths, data and run keys (and their validation) come from :class:`RunConfig`, as for the VAE.
 Section names and keys follow the seed designs: ``generator`` (``z_dim``, ``g_channels``, ...), ``critic``
 (``d_channels``, ...) and ``wgan_train`` (``image_size``, ``n_critic``, ``lambda_gp``, ``lr_generator``, ...).
-Defaults: seed 004 (WGAN-GP: Adam(0, 0.9), lr 2e-4 for both networks, lambda 10, z_dim 100) and the lessons
-of seed 002 (GAN: balanced learning rates, a small feature-matching weight of 0.01).
+Defaults: the WGAN-GP recipe (Adam(0, 0.9), lr 2e-4 for both networks, lambda 10, z_dim 100) and what GAN
+training on radiographs taught (balanced learning rates, a small feature-matching weight of 0.01).
 """
 
 from __future__ import annotations
@@ -104,15 +104,15 @@ class WGANTrain:
     n_critic: int = 5  # critic (discriminator) steps per generator step; each takes a fresh real batch
     lambda_gp: float = 10.0  # wgan_gp: weight of the gradient penalty
     lr_generator: float = 2e-4  # per-process LR; the effective LR is lr x world_size
-    lr_discriminator: float = 2e-4  # per-process LR of the critic; keep the two balanced (seed 002: 1:4 diverged)
+    lr_discriminator: float = 2e-4  # per-process LR of the critic; keep the two balanced (a 1:4 ratio diverged)
     betas: tuple[float, ...] = (0.0, 0.9)  # Adam betas for both networks; no momentum for WGAN-GP
     lr_scheduler: Literal["constant", "cosine", "cosine_warm_restarts"] = "constant"  # per epoch; cosine decays to 0 over max_epochs
     T_0: int = 10  # cosine_warm_restarts: epochs of the first cosine cycle
     T_mult: int = 1  # cosine_warm_restarts: each cycle is T_mult times longer than the previous
     ema_decay: float | None = None  # EMA of the generator weights (e.g. 0.999) used for samples and metrics; null: off
     gan_loss: Literal["bce", "hinge", "least_squares"] = "bce"  # gan: loss on raw logits (bce is BCE-with-logits)
-    feature_matching_weight: float = 0.01  # gan: weight of feature matching on critic features (seed 002: 0.1 was too high); 0: off
-    grad_clip: float | None = None  # max gradient norm for both networks (seed 002's GAN used 1.0); null: off
+    feature_matching_weight: float = 0.01  # gan: weight of feature matching on critic features (0.1 overwhelmed the generator); 0: off
+    grad_clip: float | None = None  # max gradient norm for both networks (1.0 is a common choice for GANs); null: off
     val_interval: int = 1  # sample grid and sample-quality measures every N epochs
     num_eval_samples: int = 256  # generated images compared with (up to as many) held-out real images
     fid_feature_weights: str | None = None  # local feature network file for FID/KID (TorchScript or state dict); null: FID off

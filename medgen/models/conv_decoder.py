@@ -504,15 +504,7 @@ class ConvDecoder(nn.Module):
     @classmethod
     def from_config(cls, config: ConvDecoderConfig | Mapping[str, Any] | str | os.PathLike) -> ConvDecoder:
         """Build from a :class:`ConvDecoderConfig`, a dict or a JSON file path."""
-        if isinstance(config, (str, os.PathLike)):
-            config = ConvDecoderConfig.from_json(config)
-        elif isinstance(config, Mapping):
-            config = ConvDecoderConfig.from_dict(config)
-        elif not isinstance(config, ConvDecoderConfig):
-            raise TypeError(
-                "ConvDecoder.from_config: expected a ConvDecoderConfig, dict or JSON path, got "
-                f"{type(config).__name__}."
-            )
+        config = ConvDecoderConfig.coerce(config, "ConvDecoder.from_config")
         return cls(config)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

@@ -44,7 +44,7 @@ OUTPUT_ACTIVATIONS = ("sigmoid", "tanh", "relu", "none")
 INIT_METHODS = ("default", "xavier", "kaiming", "normal")
 # Spatial size produced by the initial transposed convolution (kernel 4 on a 1x1 latent).
 INITIAL_SIZE = 4
-# Alternative key names accepted by ``from_config`` (the names of the seed document's NetworkConfig).
+# Alternative key names accepted by ``from_config`` (the names of the decoder's specification, NetworkConfig).
 _CONFIG_ALIASES = {"hidden_channels": "channel_progression", "use_batch_norm": "use_bn"}
 
 
@@ -290,15 +290,7 @@ class ProgressiveDecoder(nn.Module):
         cls, config: ProgressiveDecoderConfig | Mapping[str, Any] | str | os.PathLike
     ) -> ProgressiveDecoder:
         """Build from a :class:`ProgressiveDecoderConfig`, a dict (seed key names accepted) or a JSON file path."""
-        if isinstance(config, (str, os.PathLike)):
-            config = ProgressiveDecoderConfig.from_json(config)
-        elif isinstance(config, Mapping):
-            config = ProgressiveDecoderConfig.from_dict(config)
-        elif not isinstance(config, ProgressiveDecoderConfig):
-            raise TypeError(
-                f"ProgressiveDecoder.from_config: expected a ProgressiveDecoderConfig, dict or JSON path, got "
-                f"{type(config).__name__}."
-            )
+        config = ProgressiveDecoderConfig.coerce(config, "ProgressiveDecoder.from_config")
         return cls(**dataclasses.asdict(config))
 
     def _init_weights(self, method: str) -> None:

@@ -1,4 +1,4 @@
-"""DCGAN-style generator and WGAN-GP critic for 2D grayscale radiographs (seed 004 design).
+"""DCGAN-style generator and WGAN-GP critic for 2D grayscale radiographs (the WGAN-GP design).
 
 The generator maps ``z`` (B, z_dim) through a dense layer to ``g_channels`` x 4 x 4, then doubles the
 resolution with transposed convolutions (BatchNorm + ReLU, channels halving down to a floor) until
