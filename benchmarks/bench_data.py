@@ -47,7 +47,7 @@ first file pydicom cannot read. Series folders (3D) count as one item; pass thre
     python benchmarks/bench_data.py --json benchmarks/results/data_cpu.json
     python benchmarks/bench_data.py --data /path/to/dicoms --workers 4 --epochs 4 --patch-size 256 256
 
-Targets (issue 3): ``first_epoch_ratio = medgen_first / bare >= 0.8`` and
+Targets: ``first_epoch_ratio = medgen_first / bare >= 0.8`` and
 ``cached_speedup = medgen_cached / medgen_first >= 5``.
 """
 

@@ -13,7 +13,7 @@ speed-ups use the best round of each variant (as ``timeit`` does: the least dist
 the medians are reported beside them. Outputs are checked against the eval output.
 
 Training memory: peak memory of one forward + backward step with and without
-``enable_gradient_checkpointing()``, for the seed's default geometry and for a decoder with several
+``enable_gradient_checkpointing()``, for the specified default geometry and for a decoder with several
 full-resolution refinement layers. CUDA uses ``torch.cuda.max_memory_allocated``; CPU reads the
 allocator totals of the PyTorch profiler's memory trace.
 
@@ -128,7 +128,7 @@ def _peak_cuda_mb(step, device: torch.device) -> float:
 def bench_memory(args: argparse.Namespace, device: torch.device) -> dict:
     size = args.memory_size
     configs = {
-        # the seed's architecture: channels halve while the size doubles, so the last layer dominates
+        # the specified architecture: channels halve while the size doubles, so the last layer dominates
         "default": dict(input_size=size, latent_channels=args.memory_latent),
         # several layers at full resolution (deeper refinement), where stored activations add up
         "refinement": dict(

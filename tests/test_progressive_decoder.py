@@ -12,7 +12,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from medgen.models import CropPad, ProgressiveDecoder
 from medgen.models.progressive_decoder import ProgressiveDecoderConfig
 
-# The shape table of the seed document for input_size=1024, output_size=512.
+# The specified shape table for input_size=1024, output_size=512.
 SEED_TABLE_1024_512 = [
     ("latent", (1, 1024, 1, 1)),
     ("initial", (1, 512, 4, 4)),

@@ -59,7 +59,8 @@ def _out_of_memory(exc: BaseException) -> bool:
 def report(exc: BaseException, debug: bool = False) -> int:
     """The exit code for ``exc``, after one line on stderr (or the traceback with ``debug``); re-raises bugs."""
     if isinstance(exc, KeyboardInterrupt):
-        print("medgen: interrupted", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank gets Ctrl-C: one line is enough
+            print("medgen: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     if debug:
         traceback.print_exception(exc)

@@ -1,7 +1,7 @@
 """The WGAN-GP / GAN config (``wgan_config.json``): every key with its default and meaning.
 
 The shared paths, data and run keys (and their validation) come from :class:`RunConfig`, as for the VAE.
-Section names and keys follow the seed designs: ``generator`` (``z_dim``, ``g_channels``, ...), ``critic``
+Section names and keys follow the WGAN-GP design's own names: ``generator`` (``z_dim``, ``g_channels``, ...), ``critic``
 (``d_channels``, ...) and ``wgan_train`` (``image_size``, ``n_critic``, ``lambda_gp``, ``lr_generator``, ...).
 Defaults: the WGAN-GP recipe (Adam(0, 0.9), lr 2e-4 for both networks, lambda 10, z_dim 100) and what GAN
 training on radiographs taught (balanced learning rates, a small feature-matching weight of 0.01).

@@ -14,6 +14,7 @@ from torch.utils.data import DistributedSampler
 
 from medgen.config import RunConfig
 from medgen.data.transforms import train_transforms, val_transforms
+from medgen.errors import MedgenError
 from medgen.io.discovery import item_signature, relative_name
 from medgen.io.reader import ImageReadError
 
@@ -39,7 +40,7 @@ class SkipUnreadable(torch.utils.data.Dataset):
                 return self.base[i]
             except Exception as e:  # a file changed or vanished after the pre-training scan
                 self._report(self.items[i]["image"], e)
-        raise RuntimeError(f"{min(len(self.base), 8)} consecutive items failed to load; see {self.report_path}")
+        raise MedgenError(f"{min(len(self.base), 8)} consecutive items failed to load; see {self.report_path}")
 
     def _report(self, path: str, error: Exception) -> None:
         if self.report_path is None:

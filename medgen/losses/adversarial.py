@@ -155,7 +155,7 @@ def feature_matching_loss(real_feats: torch.Tensor, fake_feats: torch.Tensor) ->
     """Feature matching (Salimans et al. 2016): squared L2 between batch-mean features, averaged per feature.
 
     ``mean_k (mean_i f_k(real_i) - mean_i f_k(fake_i))^2``. Real features are detached so the loss only
-    trains the generator. Seed 002: keep its weight small (0.01; 0.1 overwhelmed the generator).
+    trains the generator. Keep its weight small (0.01; 0.1 overwhelmed the generator).
 
     Args:
         real_feats: (B_real, ...) discriminator features of real images (e.g. ``WGANCritic.features``).

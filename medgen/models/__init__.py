@@ -1,4 +1,7 @@
-# decoders (issue 5)
+"""Networks: AutoencoderKL / PatchDiscriminator factories and loading (incl. monai-generative state dicts), the
+WGAN generator and critic, and the two configurable decoders (``ConvDecoder``, ``ProgressiveDecoder``)."""
+
+# decoders
 from medgen.models.conv_decoder import ConvDecoder, ConvDecoderConfig  # noqa: F401
 from medgen.models.layers import CropPad  # noqa: F401
 from medgen.models.progressive_decoder import ProgressiveDecoder  # noqa: F401

@@ -9,6 +9,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from medgen.errors import MedgenError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -37,7 +39,7 @@ def init_distributed(backend: str = "auto") -> DistInfo:
     if torch.cuda.is_available():
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         if backend in ("auto", "nccl") and local_world > torch.cuda.device_count():
-            raise RuntimeError(
+            raise MedgenError(
                 f"{local_world} processes on this node but {torch.cuda.device_count()} GPU(s): nccl needs one GPU per "
                 f"process; use --nproc_per_node={torch.cuda.device_count()} (or backend=gloo to share GPUs)"
             )
