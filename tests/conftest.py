@@ -76,3 +76,21 @@ def torchrun(args: list[str], timeout: int = 300, env: dict | None = None) -> su
     if proc.returncode != 0:
         pytest.fail(f"torchrun {' '.join(args)} exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc
+
+
+def native_threads() -> list[str]:
+    """The names of this process's native threads (Linux): gloo's are gloo_tcp_loop and pt_gloo_runloop."""
+    tasks = Path("/proc/self/task")
+    return sorted((t / "comm").read_text().strip() for t in tasks.iterdir()) if tasks.is_dir() else []
+
+
+def run_and_record_threads(command: str) -> int:
+    """Run the training command, then record the native threads left after it returned (process group
+    destroyed): ``run_dir/threads_rank<r>.txt``, one name per line."""
+    from medgen.cli import script_main
+
+    code = script_main(command)
+    run_dir = next(a.split("=", 2)[2] for a in sys.argv if a.startswith("--set=run_dir="))
+    (Path(run_dir) / f"threads_rank{os.environ.get('RANK', '0')}.txt").write_text("\n".join(native_threads()))
+    return code
+

@@ -39,6 +39,6 @@ vae.VAETrainer.train_step = train_step
 vae.VAETrainer.fit = fit
 
 if __name__ == "__main__":
-    from medgen.cli import script_main
+    from conftest import run_and_record_threads
 
-    sys.exit(script_main("train-vae"))
+    sys.exit(run_and_record_threads("train-vae"))

@@ -67,6 +67,10 @@ def test_two_processes_scale_lr_and_end_with_identical_weights(ddp_two_epochs):
     assert len(cached) == 10  # demo2d: 5 edente + 5 dente
     versions = json.loads((ddp_two_epochs / "versions.json").read_text())
     assert versions["world_size"] == 2 and versions["effective_lr"]["generator"] == pytest.approx(2e-4)
+    # the process group is gone when the command returns: no gloo thread lives on into interpreter exit
+    for rank in (0, 1):
+        threads = (ddp_two_epochs / f"threads_rank{rank}.txt").read_text().split()
+        assert threads and not any("gloo" in t for t in threads), threads
 
 
 def test_stop_after_epoch_one_and_resume_is_bitwise_equal(demo2d, ddp_two_epochs, tmp_path):

@@ -229,6 +229,10 @@ def test_two_processes_scale_lr_log_grid_and_gp_and_end_identical(ddp_two_epochs
     assert "wgan/grad_norm" in acc.Tags()["scalars"] and "loss/generator" in acc.Tags()["scalars"]
     ckpt = load_checkpoint(ddp_two_epochs / "checkpoints" / "last.pt")
     assert ckpt["world_size"] == 2 and ckpt["epoch"] == 2 and len(ckpt["rng"]) == 2
+    # the process group is gone when the command returns: no gloo thread lives on into interpreter exit
+    for rank in (0, 1):
+        threads = (ddp_two_epochs / f"threads_rank{rank}.txt").read_text().split()
+        assert threads and not any("gloo" in t for t in threads), threads
 
 
 def test_stop_after_epoch_one_and_resume_is_bitwise_equal(demo2d, ddp_two_epochs, tmp_path):

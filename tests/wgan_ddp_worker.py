@@ -23,6 +23,6 @@ def fit(self):
 wgan.WGANTrainer.fit = fit
 
 if __name__ == "__main__":
-    from medgen.cli import script_main
+    from conftest import run_and_record_threads
 
-    sys.exit(script_main("train-wgan"))
+    sys.exit(run_and_record_threads("train-wgan"))

@@ -8,9 +8,10 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
-from torch.utils.data import DistributedSampler
+from torch.utils.data import DistributedSampler, Sampler
 
 from medgen.config import RunConfig
 from medgen.data.transforms import train_transforms, val_transforms
@@ -21,21 +22,33 @@ from medgen.io.reader import ImageReadError
 log = logging.getLogger("medgen.data")
 
 
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one item's random crop and augmentation in one epoch: the same whichever process or loader
+    worker reads it, so a resumed epoch draws exactly what an uninterrupted one would."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
 class SkipUnreadable(torch.utils.data.Dataset):
     """Wraps a dataset so that an item that fails to load mid-run is reported and replaced by the next one.
 
-    Failures are appended as JSON lines ``{"path", "reason"}`` to ``report_path`` (one file per rank).
+    Indexed with ``(epoch, index)`` (see :class:`EpochSampler`), it first seeds the random transforms from
+    :func:`item_seed`; a plain ``index`` leaves them as they are. Failures are appended as JSON lines
+    ``{"path", "reason"}`` to ``report_path`` (one file per rank).
     """
 
-    def __init__(self, base: torch.utils.data.Dataset, items: Sequence[dict], data_base_dir: str, report_path: Path | None):
-        self.base, self.items, self.data_base_dir, self.report_path = base, items, data_base_dir, report_path
+    def __init__(self, base: torch.utils.data.Dataset, items: Sequence[dict], data_base_dir: str, report_path: Path | None,
+                 seed: int = 0):
+        self.base, self.items, self.data_base_dir, self.report_path, self.seed = base, items, data_base_dir, report_path, seed
 
     def __len__(self) -> int:
         return len(self.base)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key: int | tuple[int, int]):
+        epoch, index = key if isinstance(key, tuple) else (None, key)
         for attempt in range(min(len(self.base), 8)):
             i = (index + attempt) % len(self.base)
+            if epoch is not None:
+                self.base.transform.set_random_state(seed=item_seed(self.seed, epoch, i))
             try:
                 return self.base[i]
             except Exception as e:  # a file changed or vanished after the pre-training scan
@@ -86,31 +99,48 @@ def build_dataset(cfg: RunConfig, items: Sequence[dict], patch_size: Sequence[in
     else:
         ds = Dataset(data, transform=transform)
     report = Path(cfg.run_dir) / f"unreadable_rank{rank}.jsonl"
-    return SkipUnreadable(ds, data, cfg.data_base_dir, report)
+    return SkipUnreadable(ds, data, cfg.data_base_dir, report, seed=cfg.seed)
 
 
-def seed_for(seed: int, epoch: int, rank: int) -> int:
-    """The seed of one rank's data randomness in one epoch (crops, augmentation, worker seeds)."""
-    return (seed * 1_000_003 + epoch * 10_007 + rank) % (2**63)
+class EpochSampler(Sampler):
+    """This rank's share of the items in one epoch, in DistributedSampler's order, as ``(epoch, index)`` pairs,
+    from batch ``start`` on.
 
-
-def make_train_loader(cfg: RunConfig, dataset, batch_size: int, epoch: int, rank: int, world_size: int) -> DataLoader:
-    """The training loader for one epoch: this rank's shard (DistributedSampler) with epoch-seeded randomness.
-
-    Built per epoch so that crops and augmentation depend only on (seed, epoch, rank): a resumed run
-    draws exactly what an uninterrupted one would.
+    With per-item seeds (:class:`SkipUnreadable`) every crop depends only on ``(seed, epoch, index)``, so loader
+    workers can live across epochs and a run resumed at step ``start`` of an epoch sees the rest of that epoch
+    exactly as an uninterrupted run would. Call :meth:`set_epoch` before iterating the loader each epoch.
     """
-    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=cfg.seed)
-    sampler.set_epoch(epoch)
-    generator = torch.Generator().manual_seed(seed_for(cfg.seed, epoch, rank))
+
+    def __init__(self, size: int, rank: int, world_size: int, seed: int, batch_size: int):
+        self._order = DistributedSampler(range(size), num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+        self.batch_size, self.epoch, self.start = batch_size, 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """The epoch to draw, skipping its first ``start`` batches."""
+        self.epoch, self.start = epoch, start
+
+    def __iter__(self):
+        self._order.set_epoch(self.epoch)
+        order = list(self._order)[self.start * self.batch_size:]
+        return iter([(self.epoch, i) for i in order])
+
+    def __len__(self) -> int:
+        return max(0, len(self._order) - self.start * self.batch_size)
+
+
+def make_train_loader(cfg: RunConfig, dataset, batch_size: int, epoch: int, rank: int, world_size: int,
+                      start: int = 0) -> DataLoader:
+    """The training loader: this rank's shard, per-item seeded crops and augmentation, set to ``epoch`` from
+    batch ``start``; for later epochs call ``loader.sampler.set_epoch(epoch)``. Workers persist across epochs."""
+    sampler = EpochSampler(len(dataset), rank, world_size, cfg.seed, batch_size)
+    sampler.set_epoch(epoch, start)
     return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
         num_workers=cfg.num_workers,
-        generator=generator,
         pin_memory=torch.cuda.is_available(),
-        persistent_workers=False,
+        persistent_workers=cfg.num_workers > 0,
         drop_last=False,
     )
 

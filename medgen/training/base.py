@@ -433,7 +433,10 @@ def launch(config: str | Path, overrides: Sequence[str], trainer_cls: type[Train
     dist_info = init_distributed(cfg.backend)
     if not dist_info.is_main:
         logging.getLogger().setLevel(logging.WARNING)
+    trainer = None
     try:
-        return trainer_cls.from_config(cfg, dist_info).fit()
+        trainer = trainer_cls.from_config(cfg, dist_info)
+        return trainer.fit()
     finally:
+        trainer = None  # its DDP wrappers hold the process group: release them before destroying it
         cleanup()

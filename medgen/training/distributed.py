@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -56,6 +57,13 @@ def init_distributed(backend: str = "auto") -> DistInfo:
         # addresses of the previous attempt's (dead) processes and fail to connect.
         attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
         store = dist.PrefixStore(f"medgen/attempt{attempt}", store)
+        # torch.distributed.nn.functional binds ``group=group.WORLD`` as default arguments when first imported
+        # (DDP's constructor imports it). Imported after init_process_group, those defaults would hold the
+        # default group for the life of the interpreter: destroy_process_group could not free it, and gloo's
+        # threads would run on into interpreter shutdown, where a peer's exit can abort the process (SIGABRT,
+        # "terminate called without an active exception"). Imported first, the defaults are None.
+        from torch.distributed import nn as _dist_nn  # noqa: F401
+
         dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
 
@@ -91,5 +99,12 @@ def broadcast_object(obj, src: int = 0):
 
 
 def cleanup() -> None:
+    """Destroy the process group and let its backend join its threads now, not at interpreter exit.
+
+    Gloo stops its worker and I/O threads only in the backend's destructor, which runs when the last reference
+    goes; DDP reducers hold one, so unreachable trainers (reference cycles) are collected first.
+    """
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
+        gc.collect()
