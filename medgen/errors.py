@@ -13,6 +13,8 @@ class MedgenError(Exception):
     """A failure the user can fix; the message names the file or key, what was found and the fix."""
 
     exit_code = 2
+    #: under torchrun, whether every rank prints it (False: rank 0 alone, for an outcome all ranks share)
+    all_ranks = True
     #: what kind of problem, printed before the message (``medgen: config error: ...``); empty for none
     kind = ""
 

@@ -68,12 +68,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(args: list[str], timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run ``python -m torch.distributed.run ARGS`` on CPU; fail the test with its output on error."""
+def torchrun(args: list[str], timeout: int = 300, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``python -m torch.distributed.run ARGS`` on CPU; fail the test with its output on error (``check``)."""
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", **(env or {})}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", *args], cwd=ROOT, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
+    if check and proc.returncode != 0:
         pytest.fail(f"torchrun {' '.join(args)} exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc
 
@@ -94,3 +94,23 @@ def run_and_record_threads(command: str) -> int:
     (Path(run_dir) / f"threads_rank{os.environ.get('RANK', '0')}.txt").write_text("\n".join(native_threads()))
     return code
 
+
+
+def install_signal_hook(trainer_cls) -> None:
+    """With MEDGEN_TEST_SIGNAL=NAME@EPOCH:STEP:RANK, the process of RANK sends itself signal NAME (e.g. SIGTERM)
+    during step STEP of epoch EPOCH (0-based), as a scheduler's preemption would arrive mid-step."""
+    spec = os.environ.get("MEDGEN_TEST_SIGNAL")
+    if not spec:
+        return
+    import signal
+
+    name, where = spec.split("@")
+    epoch, step, rank = (int(v) for v in where.split(":"))
+    original = trainer_cls.train_step
+
+    def train_step(self, images, *args):
+        if (self.epoch, self.step_in_epoch, self.dist.rank) == (epoch, step, rank):
+            os.kill(os.getpid(), getattr(signal, name))
+        return original(self, images, *args)
+
+    trainer_cls.train_step = train_step

@@ -1,7 +1,7 @@
 """torchrun entry for the distributed tests: trains like scripts/train_vae.py, then each rank saves its weights.
 
 With MEDGEN_TEST_CRASH_EPOCH=E, rank 1 of the first attempt (TORCHELASTIC_RESTART_COUNT=0) dies at the first
-step of epoch E, as a worker lost mid-epoch would.
+step of epoch E, as a worker lost mid-epoch would. MEDGEN_TEST_SIGNAL: see conftest.install_signal_hook.
 """
 
 import os
@@ -39,6 +39,7 @@ vae.VAETrainer.train_step = train_step
 vae.VAETrainer.fit = fit
 
 if __name__ == "__main__":
-    from conftest import run_and_record_threads
+    from conftest import install_signal_hook, run_and_record_threads
 
+    install_signal_hook(vae.VAETrainer)
     sys.exit(run_and_record_threads("train-vae"))

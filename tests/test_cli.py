@@ -97,7 +97,7 @@ def checkpoints(tmp_path_factory, demo2d):
     sets = [*TINY, f"data_base_dir={demo2d}", "autoencoder_train.max_epochs=1", f"run_dir={root / 'vae'}"]
     assert main(["train-vae", "vae_config.json", *[f"--set={s}" for s in sets]]) == 0
     wsets = ["generator.g_channels=32", "generator.min_channels=8", "critic.d_channels=8", "wgan_train.batch_size=2",
-             "wgan_train.max_epochs=1", "wgan_train.num_eval_samples=4", "num_workers=0", "scan_workers=0",
+             "wgan_train.max_epochs=1", "wgan_train.n_critic=2", "wgan_train.num_eval_samples=4", "num_workers=0", "scan_workers=0",
              "data_source=both", f"data_base_dir={demo2d}", f"run_dir={root / 'wgan'}"]
     assert main(["train-wgan", "wgan_config.json", *[f"--set={s}" for s in wsets]]) == 0
     return root / "vae" / "checkpoints" / "last.pt", root / "wgan" / "checkpoints" / "last.pt"
@@ -165,7 +165,7 @@ def test_training_scripts_report_bad_arguments_and_missing_files_in_one_line(scr
 
 
 def test_training_script_ctrl_c_during_training(demo2d, tmp_path):
-    """A real SIGINT in the middle of a run: one line, exit 130, nothing else on stderr after the progress log."""
+    """A real SIGINT in the middle of a run: last.pt saved at the next step boundary, one line, exit 130."""
     sets = [f"--set={s}" for s in (*TINY, f"data_base_dir={demo2d}", f"run_dir={tmp_path / 'run'}",
                                    "autoencoder_train.max_epochs=500")]
     proc = _script("train_vae.py", "vae_config.json", *sets)
@@ -182,7 +182,12 @@ def test_training_script_ctrl_c_during_training(demo2d, tmp_path):
     # log lines of the steps that finished before the signal arrived, progress bars, then the one line
     lines = [line for line in rest.replace("\r", "\n").splitlines()
              if line.strip() and not PROGRESS.search(line) and not LOG_LINE.match(line)]
-    assert lines == ["medgen: interrupted"], rest
+    assert len(lines) == 1 and lines[0].startswith("medgen: interrupted (SIGINT) ") and "resume_ckpt=true" in lines[0], rest
+    assert "\r" not in "".join(seen) + rest  # not a terminal: no progress-bar fragments in the log
+    from medgen.io.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert ckpt["epoch"] >= 1 and f"epoch {ckpt['epoch'] + 1} step {ckpt['step_in_epoch']}" in lines[0] or ckpt["step_in_epoch"] == 0
 
 
 def test_running_out_of_memory_is_one_line_with_what_to_change(tmp_path, demo2d, checkpoints, monkeypatch, capsys):

@@ -28,7 +28,8 @@ def checkpoint(demo2d, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("wgan_sample") / "run"
     cfg = load_config(ROOT / "wgan_config.json", [*TINY, f"data_base_dir={demo2d}", f"run_dir={run}"], cls=WGANConfig)
     trainer = WGANTrainer(cfg, train_items=discover_items(cfg)[0], val_items=[])
-    with torch.no_grad():  # move the raw weights away from the EMA copy taken at construction
+    trainer.generator_step(torch.stack([trainer.train_ds[i]["image"] for i in range(2)]) * 2 - 1)  # one real step
+    with torch.no_grad():  # move the raw weights away from the EMA copy
         for p in trainer.generator.parameters():
             p.add_(0.05 * torch.randn_like(p))
     trainer.save()
@@ -97,3 +98,13 @@ def test_refuses_to_overwrite_and_rejects_other_checkpoints(checkpoint, tmp_path
     torch.save({"autoencoder": {}, "config": {}}, other)
     assert _sample(other, tmp_path / "vae_out", "png", 1) == 2
     assert "is not a WGAN/GAN checkpoint" in capsys.readouterr().err
+
+
+def test_a_generator_that_never_stepped_is_refused_unless_forced(demo2d, tmp_path, capsys):
+    cfg = load_config(ROOT / "wgan_config.json", [*TINY, f"data_base_dir={demo2d}", f"run_dir={tmp_path / 'run'}"],
+                      cls=WGANConfig)
+    WGANTrainer(cfg, train_items=discover_items(cfg)[0], val_items=[]).save()
+    untrained = tmp_path / "run" / "checkpoints" / "last.pt"
+    assert _sample(untrained, tmp_path / "out", "png", 1) == 2
+    assert "never trained" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    assert _sample(untrained, tmp_path / "out", "png", 1, "--force") == 0

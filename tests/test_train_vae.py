@@ -44,9 +44,10 @@ def test_single_process_run_writes_checkpoints_tensorboard_and_run_info(demo2d, 
     assert gen_adv[0] == 0 and gen_adv[1] > 0
 
 
-def _ddp_run(demo, run, extra=(), nproc=2, env=None, torchrun_args=()):
+def _ddp_run(demo, run, extra=(), nproc=2, env=None, torchrun_args=(), check=True):
     sets = [f"--set={o}" for o in (*TINY, f"data_base_dir={demo}", f"run_dir={run}", *extra)]
-    return torchrun(["--standalone", f"--nproc_per_node={nproc}", *torchrun_args, "tests/ddp_worker.py", "vae_config.json", *sets], env=env)
+    return torchrun(["--standalone", f"--nproc_per_node={nproc}", *torchrun_args, "tests/ddp_worker.py", "vae_config.json", *sets],
+                    env=env, check=check)
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +82,20 @@ def test_stop_after_epoch_one_and_resume_is_bitwise_equal(demo2d, ddp_two_epochs
     full = load_checkpoint(ddp_two_epochs / "checkpoints" / "last.pt")
     resumed = load_checkpoint(run / "checkpoints" / "last.pt")
     assert resumed["epoch"] == 2
+    assert _same_weights(full["autoencoder"], resumed["autoencoder"])
+    assert _same_weights(full["discriminator"], resumed["discriminator"])
+
+
+def test_sigterm_on_one_rank_mid_epoch_stops_both_and_resumes_bitwise_equal(demo2d, ddp_two_epochs, tmp_path):
+    run = tmp_path / "preempted"
+    # 8 training images over 2 ranks, batch 2: 2 steps an epoch; rank 1 alone gets SIGTERM during step 0 of epoch 1
+    proc = _ddp_run(demo2d, run, env={"MEDGEN_TEST_SIGNAL": "SIGTERM@1:0:1"}, check=False)
+    assert proc.returncode != 0 and "interrupted (SIGTERM) at epoch 2 step 1" in proc.stderr, proc.stderr[-3000:]
+    saved = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert (saved["epoch"], saved["step_in_epoch"]) == (1, 1)
+    _ddp_run(demo2d, run, ["resume_ckpt=true"])
+    full = load_checkpoint(ddp_two_epochs / "checkpoints" / "last.pt")
+    resumed = load_checkpoint(run / "checkpoints" / "last.pt")
     assert _same_weights(full["autoencoder"], resumed["autoencoder"])
     assert _same_weights(full["discriminator"], resumed["discriminator"])
 

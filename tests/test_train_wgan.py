@@ -205,9 +205,10 @@ def test_single_process_run_checkpoints_logs_and_refuses_to_overwrite(demo2d, tm
 DDP_SETS = ["wgan_train.ema_decay=0.9", "wgan_train.n_critic=2"]
 
 
-def _ddp_run(demo, run, extra=(), env=None, torchrun_args=()):
+def _ddp_run(demo, run, extra=(), env=None, torchrun_args=(), check=True):
     sets = [f"--set={o}" for o in (*TINY, *DDP_SETS, f"data_base_dir={demo}", f"run_dir={run}", *extra)]
-    return torchrun(["--standalone", "--nproc_per_node=2", *torchrun_args, "tests/wgan_ddp_worker.py", str(CONFIG), *sets], env=env)
+    return torchrun(["--standalone", "--nproc_per_node=2", *torchrun_args, "tests/wgan_ddp_worker.py", str(CONFIG), *sets],
+                    env=env, check=check)
 
 
 @pytest.fixture(scope="module")
@@ -246,6 +247,20 @@ def test_stop_after_epoch_one_and_resume_is_bitwise_equal(demo2d, ddp_two_epochs
     for key in ("generator", "critic", "ema"):
         assert _same(full[key], resumed[key]), key
 
+
+def test_sigterm_on_one_rank_mid_epoch_stops_both_and_resumes_bitwise_equal(demo2d, ddp_two_epochs, tmp_path):
+    run = tmp_path / "preempted"
+    # 2 steps an epoch on each of 2 ranks; rank 1 alone gets SIGTERM during step 0 of epoch 1 (0-based)
+    proc = _ddp_run(demo2d, run, env={"MEDGEN_TEST_SIGNAL": "SIGTERM@1:0:1"}, check=False)
+    assert proc.returncode != 0 and "interrupted (SIGTERM) at epoch 2 step 1" in proc.stderr, proc.stderr[-3000:]
+    saved = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert (saved["epoch"], saved["step_in_epoch"]) == (1, 1)
+    _ddp_run(demo2d, run, ["resume_ckpt=true"])
+    full = load_checkpoint(ddp_two_epochs / "checkpoints" / "last.pt")
+    resumed = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert resumed["global_step"] == full["global_step"]
+    for key in ("generator", "critic", "ema"):
+        assert _same(full[key], resumed[key]), key
 
 
 def test_resume_path_after_torchrun_restart(demo2d, ddp_two_epochs, tmp_path, monkeypatch):

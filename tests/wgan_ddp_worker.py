@@ -1,4 +1,7 @@
-"""torchrun entry for the WGAN distributed tests: trains like scripts/train_wgan.py, then each rank saves its weights."""
+"""torchrun entry for the WGAN distributed tests: trains like scripts/train_wgan.py, then each rank saves its weights.
+
+MEDGEN_TEST_SIGNAL: see conftest.install_signal_hook.
+"""
 
 import sys
 from pathlib import Path
@@ -23,6 +26,7 @@ def fit(self):
 wgan.WGANTrainer.fit = fit
 
 if __name__ == "__main__":
-    from conftest import run_and_record_threads
+    from conftest import install_signal_hook, run_and_record_threads
 
+    install_signal_hook(wgan.WGANTrainer)
     sys.exit(run_and_record_threads("train-wgan"))

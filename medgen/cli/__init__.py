@@ -65,7 +65,7 @@ def report(exc: BaseException, debug: bool = False) -> int:
     if debug:
         traceback.print_exception(exc)
     if isinstance(exc, MedgenError):
-        if not debug:
+        if not debug and (exc.all_ranks or os.environ.get("RANK", "0") == "0"):
             print(exc.one_line(), file=sys.stderr)
         return exc.exit_code
     if isinstance(exc, OSError) and exc.filename is not None:  # permissions, a full disk, a path that is a file

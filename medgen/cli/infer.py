@@ -43,6 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=sorted(SAMPLE_FORMATS), default="png", help="png (16-bit), nii (.nii.gz) or dcm")
     p.add_argument("--seed", type=int, default=0, help="noise seed (same seed, same images)")
     p.add_argument("--batch-size", type=int, default=16, help="images generated at a time")
+    p.add_argument("--force", action="store_true", help="sample even from a generator that never took a training step")
     p.set_defaults(func=sample)
 
     p = subparsers.add_parser(
@@ -104,7 +105,8 @@ def sample(args: argparse.Namespace) -> int:
 
     if args.count < 1 or args.batch_size < 1:
         raise InvalidValueError("--count and --batch-size must be at least 1")
-    paths = sample_to_files(args.checkpoint, args.count, args.output, args.format, args.seed, args.batch_size)
+    paths = sample_to_files(args.checkpoint, args.count, args.output, args.format, args.seed, args.batch_size,
+                            force=args.force)
     print(f"wrote {len(paths)} images to {args.output}")
     return 0
 

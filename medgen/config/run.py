@@ -15,7 +15,7 @@ from typing import Literal
 from medgen.config.core import ConfigError, apply_overrides, read_json
 
 # Keys naming inputs that must already exist; resolved against the config's folder when not found here.
-INPUT_PATH_KEYS = ("data_base_dir", "val_dir")
+INPUT_PATH_KEYS = ("data_base_dir", "val_dir", "resume_from")
 
 
 @dataclass
@@ -24,7 +24,8 @@ class RunConfig:
     data_base_dir: str = "data"  # folder holding edente/ and dente/
     run_dir: str = "runs/vae"  # checkpoints, TensorBoard logs, resolved config, reports
     resume_ckpt: bool = False  # resume from checkpoint_dir (or run_dir/checkpoints/last.pt when it is null)
-    checkpoint_dir: str | None = None  # checkpoint file to resume from (used only when resume_ckpt is true)
+    checkpoint_dir: str | None = None  # checkpoint file to resume from when resume_ckpt is true (older name of resume_from)
+    resume_from: str | None = None  # checkpoint file to resume from (resumes even without resume_ckpt); null: last.pt
     # --- data ---
     data_source: Literal["edente", "dente", "both"] = "edente"  # which class folders to train on
     train_split: float = 0.9  # fraction of images for training; the rest validate (ignored when val_dir is set)

@@ -142,11 +142,20 @@ def make_train_loader(cfg: RunConfig, dataset, batch_size: int, epoch: int, rank
         pin_memory=torch.cuda.is_available(),
         persistent_workers=cfg.num_workers > 0,
         drop_last=False,
+        generator=_own_generator(cfg.seed + rank),
     )
 
 
 def make_val_loader(cfg: RunConfig, dataset, batch_size: int) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=min(cfg.num_workers, 2))
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=min(cfg.num_workers, 2),
+                      generator=_own_generator(cfg.seed))
+
+
+def _own_generator(seed: int) -> torch.Generator:
+    # A loader's own generator: MONAI's DataLoader re-seeds the generator it draws from when num_workers is 0,
+    # and torch's draws a worker seed from it at every iteration; with the global one, both would reset or move
+    # the training's random streams (latent noise) at every validation and epoch.
+    return torch.Generator().manual_seed(seed)
 
 
 def shard(items: Sequence[dict], rank: int, world_size: int) -> list[dict]:

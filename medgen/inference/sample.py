@@ -23,13 +23,15 @@ __all__ = ["load_generator", "generate", "sample_to_files"]
 FORMATS = {"png": ".png", "nii": ".nii.gz", "dcm": ".dcm"}
 
 
-def load_generator(checkpoint: str | Path, device: str | torch.device = "cpu", use_ema: bool = True) -> torch.nn.Module:
+def load_generator(checkpoint: str | Path, device: str | torch.device = "cpu", use_ema: bool = True,
+                   force: bool = False) -> torch.nn.Module:
     """The generator of a checkpoint written by :class:`medgen.training.wgan.WGANTrainer`, in eval mode.
 
     Args:
         checkpoint: path of ``last.pt`` (loaded with ``weights_only=True``).
         device: where the generator runs.
         use_ema: take the EMA weights when the checkpoint has them.
+        force: sample even from a generator that never took a training step.
 
     Returns:
         the generator: ``forward(z (B, z_dim)) -> (B, 1, S, S)`` in [-1, 1], with ``z_dim``.
@@ -48,6 +50,11 @@ def load_generator(checkpoint: str | Path, device: str | torch.device = "cpu", u
         raise InvalidValueError(
             f"{checkpoint} is not a WGAN/GAN checkpoint (no generator weights and config); give a "
             "run_dir/checkpoints/last.pt written by `medgen train-wgan`"
+        )
+    if not force and (ckpt.get("counters") or {}).get("generator_steps", 1) == 0:
+        raise InvalidValueError(
+            f"{checkpoint} holds a generator that never trained (0 generator steps: each epoch had fewer batches "
+            "than wgan_train.n_critic); train with a lower n_critic or batch_size, or pass --force to sample anyway"
         )
     # Only the generator section is rebuilt: the rest of the config (data paths, feature weights) may no
     # longer exist on this machine and is not needed to sample.
@@ -82,6 +89,7 @@ def sample_to_files(
     batch_size: int = 16,
     device: str | torch.device | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> list[Path]:
     """Write ``count`` generated images to ``output/sample_00000.<ext>``, ... and return their paths.
 
@@ -99,7 +107,7 @@ def sample_to_files(
     if existing:
         raise OutputExistsError(f"{existing[0]} already exists; choose another --output folder (nothing was overwritten)")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    generator = load_generator(checkpoint, device)
+    generator = load_generator(checkpoint, device, force=force)
     done = 0
     with tqdm(total=count, desc="sampling", unit="img", disable=not progress) as bar:
         for batch in generate(generator, count, seed, batch_size):

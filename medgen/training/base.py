@@ -19,11 +19,15 @@ console progress and checkpoints; every rank trains on its own shard of the data
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
 import os
 import platform
+import signal
+import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -35,9 +39,10 @@ from tqdm import tqdm
 import medgen
 from medgen.config import ConfigError, RunConfig, load_config, to_dict
 from medgen.data.datasets import build_dataset, make_train_loader
-from medgen.io.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from medgen.io.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from medgen.io.files import write_text_atomic
-from medgen.training.distributed import DistInfo, all_gather_objects, cleanup, init_distributed, scaled_lr
+from medgen.errors import MedgenError
+from medgen.training.distributed import DistInfo, all_gather_objects, all_reduce_max, cleanup, init_distributed, scaled_lr
 
 log = logging.getLogger("medgen.train")
 
@@ -98,14 +103,17 @@ def optimizer_step(loss: torch.Tensor, opt, scaler: torch.amp.GradScaler, module
 
 # ---------------------------------------------------------------------------------------------- run files
 def resume_path(cfg: RunConfig) -> Path | None:
-    """The checkpoint to resume from: ``checkpoint_dir`` (or ``run_dir/checkpoints/last.pt``) when
-    ``resume_ckpt`` is true, ``last.pt`` after a torchrun restart, else None. A new run never overwrites
+    """The checkpoint to resume from: ``resume_from`` when set; ``checkpoint_dir`` or ``run_dir/checkpoints/last.pt``
+    when ``resume_ckpt`` is true; ``last.pt`` after a torchrun restart; else None. A new run never overwrites
     an existing one."""
     last = cfg.checkpoint_path
-    if cfg.resume_ckpt:
-        path = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else last
+    if cfg.resume_ckpt or cfg.resume_from:
+        given = cfg.resume_from or cfg.checkpoint_dir
+        path = Path(given) if given else last
         if not path.is_file():
-            raise ConfigError(f"resume_ckpt=true but checkpoint {path} does not exist; set checkpoint_dir to a checkpoint file")
+            key = "resume_from" if cfg.resume_from else ("checkpoint_dir" if cfg.checkpoint_dir else "resume_ckpt=true")
+            raise ConfigError(f"{key}: checkpoint {path} does not exist; set resume_from to the checkpoint file to "
+                              "resume from (null: run_dir/checkpoints/last.pt)")
         return path
     if last.is_file():
         if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
@@ -135,6 +143,10 @@ def write_run_info(cfg: RunConfig, world_size: int, effective_lr: dict[str, floa
     write_text_atomic(run_dir / "versions.json", json.dumps(versions, indent=2) + "\n")
 
 
+# keys that say how to resume, not how to train: a change is not reported
+RESUME_ONLY_KEYS = ("resume_ckpt", "checkpoint_dir", "resume_from")
+
+
 def _config_at(config: dict, dotted: str) -> Any:
     node: Any = config
     for part in dotted.split("."):
@@ -147,6 +159,33 @@ def _differences(saved: Any, now: Any, key: str) -> list[str]:
     if isinstance(saved, dict) and isinstance(now, dict):
         return [d for k in sorted(set(saved) | set(now)) for d in _differences(saved.get(k), now.get(k), f"{key}.{k}")]
     return [] if saved == now else [f"{key}={json.dumps(saved)} (this run: {json.dumps(now)})"]
+
+
+class TrainingInterrupted(MedgenError):
+    """Training stopped on SIGTERM / SIGINT at a step boundary, after writing ``last.pt``."""
+
+    all_ranks = False  # every rank stops; one line from rank 0 says so
+
+    def __init__(self, epoch: int, step: int, signum: int, checkpoint: Path):
+        self.exit_code = 128 + signum  # 143 for SIGTERM, 130 for SIGINT, as shells report signals
+        where = f"at epoch {epoch + 1} step {step}" if step else f"after epoch {epoch}"
+        super().__init__(f"interrupted ({signal.Signals(signum).name}) {where}; {checkpoint} holds everything up to "
+                         "there; resume with resume_ckpt=true")
+
+
+class Counters(dict):
+    """Named counts a checkpoint keeps (e.g. generator steps); a tracked component like any other."""
+
+    def state_dict(self) -> dict[str, int]:
+        return dict(self)
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.update(state)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(0.0, seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 # ---------------------------------------------------------------------------------------------- the trainer
@@ -182,8 +221,11 @@ class Trainer:
         self.train_items: list[dict] | None = None
         self.val_items: list[dict] = []
         self.precision = Precision(cfg.amp, self.dist.device)
-        self.epoch, self.global_step, self.best_value = 0, 0, -math.inf
+        self.epoch, self.step_in_epoch, self.global_step, self.best_value = 0, 0, 0, -math.inf
         self.writer = None
+        self.progress_bars = sys.stderr.isatty()  # bars on a terminal; one line per log_interval in a log file
+        self._loader = None
+        self._stop_signal: int | None = None
         self.effective_lr: dict[str, float] = {}
         self._components: dict[str, Any] = {}
         self._optimizers: dict[str, torch.optim.Optimizer] = {}
@@ -208,6 +250,7 @@ class Trainer:
         from medgen.training.data_check import training_items
 
         trainer = cls(cfg, dist_info)
+        resume_path(cfg)  # a missing checkpoint or an existing run is reported before the data scan
         trainer.set_data(*training_items(cfg, trainer.patch_size, trainer.dist))
         return trainer
 
@@ -270,36 +313,92 @@ class Trainer:
 
     # ------------------------------------------------------------------ epochs
     def train_epoch(self) -> dict[str, float]:
-        """One pass over this rank's shard; returns the epoch means of every logged scalar."""
-        max_epochs = self.train_cfg.max_epochs
+        """One pass over this rank's shard (from :attr:`step_in_epoch` when resuming mid-epoch); returns the
+        epoch means of every logged scalar. Stops at the next step boundary when a stop signal arrived."""
+        max_epochs, batch_size = self.train_cfg.max_epochs, self.train_cfg.batch_size
         for comp in self._components.values():
             if isinstance(comp, torch.nn.Module):
                 comp.train()
-        loader = make_train_loader(self.cfg, self.train_ds, self.train_cfg.batch_size, self.epoch, self.dist.rank, self.dist.world_size)
+        if self._loader is None:  # one loader for the run: its workers persist across epochs
+            self._loader = make_train_loader(self.cfg, self.train_ds, batch_size, self.epoch, self.dist.rank,
+                                             self.dist.world_size, start=self.step_in_epoch)
+        self._loader.sampler.set_epoch(self.epoch, start=self.step_in_epoch)
+        steps = self.step_in_epoch + len(self._loader)
         sums: dict[str, torch.Tensor] = {}
         counts: dict[str, int] = {}
-        n_images, t0 = 0, time.perf_counter()
-        bar = tqdm(loader, desc=f"epoch {self.epoch + 1}/{max_epochs}", disable=not self.dist.is_main, leave=False, dynamic_ncols=True)
+        n_images, done, t0 = 0, 0, time.perf_counter()
+        desc = f"epoch {self.epoch + 1}/{max_epochs}"
+        bar = tqdm(self._loader, desc=desc, initial=self.step_in_epoch, total=steps, leave=False, dynamic_ncols=True,
+                   disable=not (self.dist.is_main and self.progress_bars))
         for batch in bar:
             images = batch["image"].to(self.dist.device, non_blocking=True)
             for k, v in self.train_step(images).items():
                 sums[k] = sums[k] + v.float() if k in sums else v.detach().float().clone()
                 counts[k] = counts.get(k, 0) + 1
             n_images += images.shape[0] * self.dist.world_size
+            done += 1
             self.global_step += 1
+            self.step_in_epoch += 1
             if self.global_step % self.cfg.log_interval == 0 and self.dist.is_main:
                 means = self._means(sums, counts)  # one device sync per log interval, not per step
-                rate = n_images / (time.perf_counter() - t0)
+                elapsed = time.perf_counter() - t0
+                rate = n_images / elapsed
                 first = next(iter(means), None)
-                bar.set_postfix({first: f"{means[first]:.4f}", "img_s": f"{rate:.1f}"} if first else {"img_s": f"{rate:.1f}"})
+                if self.progress_bars:
+                    bar.set_postfix({first: f"{means[first]:.4f}", "img_s": f"{rate:.1f}"} if first else {"img_s": f"{rate:.1f}"})
+                else:  # a log file: one line per log_interval, no carriage returns
+                    eta = elapsed / done * (steps - self.step_in_epoch)
+                    log.info("%s step %d/%d: %s, %.1f images/s, epoch ETA %s", desc, self.step_in_epoch, steps,
+                             self.describe_metrics(means), rate, _duration(eta))
                 self._log_scalars(means, rate)
+            if self.step_in_epoch < steps:
+                self._stop_if_requested()
+        bar.close()
+        self.step_in_epoch = 0
         self._step_schedulers()
         means = self._means(sums, counts)
         if self.dist.is_main and counts:
             rate = n_images / (time.perf_counter() - t0)
             self._log_scalars(means, rate, prefix="epoch/")
             log.info("epoch %d/%d: %s, %.1f images/s", self.epoch + 1, max_epochs, self.describe_metrics(means), rate)
+        self.on_epoch_end(means)
         return means
+
+    def on_epoch_end(self, means: dict[str, float]) -> None:
+        """After each epoch's scalars are logged (every rank): method-specific checks."""
+
+    # ------------------------------------------------------------------ stopping on a signal
+    def _on_signal(self, signum, frame) -> None:
+        if self._stop_signal is None and self.dist.is_main:
+            log.warning("%s received: stopping at the next step boundary and saving last.pt",
+                        signal.Signals(signum).name)
+        self._stop_signal = signum
+
+    def _stop_requested(self) -> int:
+        """The signal any rank received (0: none), agreed by all ranks so they stop at the same step."""
+        flag = torch.tensor([self._stop_signal or 0], device=self.dist.device)
+        if self.dist.distributed:
+            all_reduce_max(flag)
+        return int(flag.item())
+
+    def _stop_if_requested(self) -> None:
+        signum = self._stop_requested()
+        if signum:
+            self.save("last.pt")
+            raise TrainingInterrupted(self.epoch, self.step_in_epoch, signum, self.ckpt_dir / "last.pt")
+
+    @contextlib.contextmanager
+    def _signals_stop_training(self):
+        """SIGTERM (Slurm, Kubernetes) and SIGINT (Ctrl-C) ask training to stop at the next step boundary."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     @staticmethod
     def _means(sums: dict[str, torch.Tensor], counts: dict[str, int]) -> dict[str, float]:
@@ -333,6 +432,11 @@ class Trainer:
         resume = resume_path(self.cfg)
         if resume is not None:
             self.load(resume)
+            if self.epoch >= t.max_epochs:
+                if self.dist.is_main:
+                    log.info("%s already holds a run finished at epoch %d (%s.max_epochs=%d); nothing to train: raise "
+                             "max_epochs to train on", resume, self.epoch, self.section, t.max_epochs)
+                return {}
         if self.dist.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -347,20 +451,23 @@ class Trainer:
             self.on_train_start()
         metrics: dict[str, float] = {}
         try:
-            while self.epoch < t.max_epochs:
-                self.train_epoch()
-                self.epoch += 1
-                last = self.epoch == t.max_epochs
-                if self.epoch % t.val_interval == 0 or last:
-                    metrics = self.validate()
-                    if metrics and self.dist.is_main:
-                        log.info("validation after epoch %d: %s", self.epoch, self.describe_metrics(metrics))
-                    best = metrics.get(self.best_metric) if self.best_metric else None
-                    if best is not None and best > self.best_value:  # every rank holds the reduced measure
-                        self.best_value = best
-                        self.save("best.pt")
-                if self.epoch % self.cfg.checkpoint_interval == 0 or last:
-                    self.save("last.pt")
+            with self._signals_stop_training():
+                while self.epoch < t.max_epochs:
+                    self.train_epoch()
+                    self.epoch += 1
+                    last = self.epoch == t.max_epochs
+                    if self.epoch % t.val_interval == 0 or last:
+                        metrics = self.validate()
+                        if metrics and self.dist.is_main:
+                            log.info("validation after epoch %d: %s", self.epoch, self.describe_metrics(metrics))
+                        best = metrics.get(self.best_metric) if self.best_metric else None
+                        if best is not None and best > self.best_value:  # every rank holds the reduced measure
+                            self.best_value = best
+                            self.save("best.pt")
+                    if self.epoch % self.cfg.checkpoint_interval == 0 or last:
+                        self.save("last.pt")
+                    if not last:
+                        self._stop_if_requested()
         finally:
             if self.writer is not None:
                 self.writer.close()
@@ -370,7 +477,7 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         """Every tracked component's own state, the progress counters, the config and the versions."""
         state = {name: comp.state_dict() for name, comp in self._components.items()}
-        state.update(epoch=self.epoch, global_step=self.global_step, world_size=self.dist.world_size,
+        state.update(epoch=self.epoch, step_in_epoch=self.step_in_epoch, global_step=self.global_step, world_size=self.dist.world_size,
                      config=to_dict(self.cfg), medgen_version=medgen.__version__)
         if self.best_metric:
             state[f"best_{self.best_metric}"] = self.best_value
@@ -384,18 +491,48 @@ class Trainer:
 
     def load(self, path: str | Path) -> None:
         """Restore everything from a checkpoint written by :meth:`save`, and this rank's RNG states."""
-        ckpt = load_checkpoint(path, map_location=self.dist.device)
+        try:
+            ckpt = load_checkpoint(path, map_location=self.dist.device)
+        except CheckpointError as e:  # truncated or damaged: offer the other checkpoint of the run
+            others = [p for p in (self.ckpt_dir / "best.pt", self.ckpt_dir / "last.pt") if p != Path(path) and p.is_file()]
+            hint = f"; to go on from the last good state, set resume_from={others[0]}" if others else ""
+            raise CheckpointError(f"{e}{hint}") from None
         self.check_resume(ckpt, Path(path))
         for name, comp in self._components.items():
-            comp.load_state_dict(ckpt[name])
+            if name in ckpt:  # only Counters may be absent (checkpoints written before they existed)
+                comp.load_state_dict(ckpt[name])
         self.epoch, self.global_step = int(ckpt["epoch"]), int(ckpt["global_step"])
+        self.step_in_epoch = int(ckpt.get("step_in_epoch", 0))
         if self.best_metric:
             self.best_value = float(ckpt.get(f"best_{self.best_metric}", -math.inf))
+        self._apply_config_lr()
+        changed = [d for key in sorted(set(ckpt.get("config") or {}) | set(to_dict(self.cfg))) if key not in RESUME_ONLY_KEYS
+                   for d in _differences((ckpt.get("config") or {}).get(key), to_dict(self.cfg).get(key), key)]
+        if changed and self.dist.is_main:
+            log.info("resuming %s with changed settings: %s", path, "; ".join(changed))
         rngs = ckpt.get("rng", [])
         if len(rngs) == self.dist.world_size:
             set_rng_state(rngs[self.dist.rank])
         elif self.dist.is_main:
             log.warning("%s was written by %d processes, this run has %d: random streams restart", path, len(rngs), self.dist.world_size)
+
+    def _apply_config_lr(self) -> None:
+        """After a load: the config's (effective) learning rates, at the schedule's current position. The
+        optimiser's moments are kept; only the rates change."""
+        for name, opt in self._optimizers.items():
+            new = self.effective_lr.get(name)
+            schedulers = [sch for sch in self._schedulers if sch.optimizer is opt]
+            for i, group in enumerate(opt.param_groups):
+                old = group.get("initial_lr", group["lr"])
+                if new is None or old == new or old == 0:
+                    continue
+                ratio = new / old
+                group["lr"] *= ratio
+                group["initial_lr"] = new
+                for sch in schedulers:
+                    sch.base_lrs[i] = new
+                    if getattr(sch, "_last_lr", None):
+                        sch._last_lr[i] *= ratio
 
     def check_resume(self, ckpt: dict[str, Any], path: Path) -> None:
         """Refuse a checkpoint of another architecture or another set of components, naming what differs."""
@@ -404,7 +541,8 @@ class Trainer:
                  for d in _differences(_config_at(saved, key), _config_at(now, key), key)]
         if diffs:
             raise ConfigError(f"{path} was trained with {'; '.join(diffs)}; resume with the same settings or start a new run_dir")
-        missing = [name for name in self._components if name not in ckpt or ckpt[name] is None]
+        missing = [name for name, comp in self._components.items()
+                   if (name not in ckpt or ckpt[name] is None) and not isinstance(comp, Counters)]
         extra = [name for name in ckpt if name not in self._components and isinstance(ckpt[name], dict)
                  and name not in ("config", "rng")]
         if missing or extra:

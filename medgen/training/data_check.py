@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -35,7 +36,7 @@ def checked_items(
         Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
         reports = scan_files(
             items, cfg.data_base_dir, cfg.spatial_dims, patch_size if cfg.patch_mode == "crop" else None,
-            workers=cfg.scan_workers, cache_path=Path(cfg.run_dir) / "data_check_cache.json", progress=True,
+            workers=cfg.scan_workers, cache_path=Path(cfg.run_dir) / "data_check_cache.json", progress=sys.stderr.isatty(),
         )
         bad_paths = [it["image"] for it, r in zip(items, reports) if not r.ok]
         bad_reports = [r for r in reports if not r.ok]

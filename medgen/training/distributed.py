@@ -80,6 +80,13 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    """The maximum of a tensor over ranks (in place); a no-op in a single process."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
 def all_gather_objects(obj):
     """Every rank's ``obj`` as a list indexed by rank (a one-item list in a single process)."""
     if not (dist.is_available() and dist.is_initialized()):

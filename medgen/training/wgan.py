@@ -29,7 +29,7 @@ from medgen.losses.adversarial import (
 )
 from medgen.metrics import FeatureExtractor, fid, histogram_intersection, histogram_wasserstein, kid, ssim_diversity
 from medgen.models.wgan import build_critic, build_generator
-from medgen.training.base import Trainer, adam, lr_scheduler, optimizer_step, wrap_ddp
+from medgen.training.base import Counters, Trainer, adam, lr_scheduler, optimizer_step, wrap_ddp
 
 log = logging.getLogger("medgen.train")
 
@@ -95,6 +95,8 @@ class WGANTrainer(Trainer):
                    sched_g=self.sched_g, sched_d=self.sched_d, scaler_g=self.scaler_g, scaler_d=self.scaler_d)
         if self.ema is not None:
             self.track(ema=self.ema)
+        self.counters = Counters(generator_steps=0)
+        self.track(counters=self.counters)
         self.log_lr(generator=self.opt_g, discriminator=self.opt_d)
 
         self.g_ddp = wrap_ddp(self.generator, self.dist)
@@ -125,6 +127,15 @@ class WGANTrainer(Trainer):
         if (self.global_step + 1) % self.cfg.wgan_train.n_critic == 0:
             terms.update(self.generator_step(real))
         return terms
+
+    def on_epoch_end(self, means: dict[str, float]) -> None:
+        if "generator" not in means and self.dist.is_main:  # fewer batches so far than n_critic
+            t = self.cfg.wgan_train
+            log.warning(
+                "epoch %d made no generator step (%d generator steps so far): an epoch has fewer batches than "
+                "wgan_train.n_critic=%d; lower n_critic or wgan_train.batch_size=%d, or add training images",
+                self.epoch + 1, self.counters["generator_steps"], t.n_critic, t.batch_size,
+            )
 
     def on_train_start(self) -> None:
         if self.cfg.wgan_train.fid_feature_weights is None:
@@ -186,6 +197,7 @@ class WGANTrainer(Trainer):
             self.critic.requires_grad_(True)
         if self.ema is not None:
             self.ema.update_parameters(self.generator)
+        self.counters["generator_steps"] += 1
         return dict(generator=loss.detach(), generator_adv=l_adv.detach(), feature_matching=l_fm.detach())
 
     # ------------------------------------------------------------------ validation (rank 0)
