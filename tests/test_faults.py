@@ -141,3 +141,47 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(one_epoch, monkeyp
         trainer.save("last.pt")
     assert last.read_bytes() == before  # the previous last.pt, whole
     assert sorted(p.name for p in last.parent.iterdir()) == ["best.pt", "last.pt"]  # no temporary left behind
+
+
+def _nan_kl_from(step: int, monkeypatch, until: int | None = None):
+    """A test-only fault: the KL term is NaN from training step ``step`` on (1-based global steps)."""
+    import medgen.training.vae as vae
+
+    original, calls = vae.kl_loss, {"n": 0}
+
+    def kl(z_mu, z_sigma):
+        calls["n"] += 1
+        value = original(z_mu, z_sigma)
+        return value * float("nan") if calls["n"] >= step and (until is None or calls["n"] <= until) else value
+
+    monkeypatch.setattr(vae, "kl_loss", kl)
+
+
+def _all_finite(ckpt) -> bool:
+    return all(torch.isfinite(t).all() for net in ("autoencoder", "discriminator") for t in ckpt[net].values()
+               if t.is_floating_point())
+
+
+def test_a_nan_loss_skips_the_step_and_too_many_stop_the_run(demo2d, tmp_path, monkeypatch, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _nan_kl_from(3, monkeypatch)  # 4 steps an epoch: steps 3, 4 of epoch 1, then 5, 6 of epoch 2 are NaN
+    run = tmp_path / "run"
+    sets = [*TINY, f"data_base_dir={demo2d}", f"run_dir={run}", "max_nonfinite_steps=3"]
+    assert train_vae(["vae_config.json", *[f"--set={s}" for s in sets]]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("medgen: training diverged: 4 steps in a row up to step 6 (epoch 2)") and "kl=nan" in err
+    for name in ("last.pt", "best.pt"):  # written after epoch 1, from the weights of the last finite step
+        assert _all_finite(load_checkpoint(run / "checkpoints" / name)), name
+    acc = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert [e.value for e in acc.Scalars("train/nonfinite_steps")] == [1, 2, 3, 4]
+
+
+def test_one_nan_step_is_skipped_and_training_goes_on(demo2d, tmp_path, monkeypatch):
+    _nan_kl_from(2, monkeypatch, until=2)
+    run = tmp_path / "run"
+    sets = [*TINY, f"data_base_dir={demo2d}", f"run_dir={run}"]
+    assert train_vae(["vae_config.json", *[f"--set={s}" for s in sets]]) == 0
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert ckpt["epoch"] == 2 and _all_finite(ckpt)

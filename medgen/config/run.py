@@ -45,6 +45,7 @@ class RunConfig:
     checkpoint_interval: int = 1  # write run_dir/checkpoints/last.pt every N epochs (and at the end)
     log_interval: int = 10  # steps between scalar logs (losses are averaged over them)
     num_val_images: int = 4  # images in the TensorBoard validation grid
+    max_nonfinite_steps: int = 20  # steps in a row with a non-finite loss or gradient that are skipped before the run stops
     backend: Literal["auto", "nccl", "gloo"] = "auto"  # torch.distributed backend (auto: nccl on GPU, gloo on CPU)
 
     def validate(self) -> None:
@@ -53,7 +54,7 @@ class RunConfig:
         lo, hi = (self.intensity_percentiles + (None, None))[:2]
         if len(self.intensity_percentiles) != 2 or not 0 <= lo < hi <= 100:
             raise ConfigError(f"intensity_percentiles={list(self.intensity_percentiles)} must be [low, high] with 0 <= low < high <= 100")
-        for name in ("num_workers", "scan_workers"):
+        for name in ("num_workers", "scan_workers", "max_nonfinite_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be 0 or more")
         for name in ("checkpoint_interval", "log_interval", "num_val_images"):

@@ -91,16 +91,6 @@ def lr_scheduler(opt: torch.optim.Optimizer, kind: str, max_epochs: int, T_0: in
     return torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
 
 
-def optimizer_step(loss: torch.Tensor, opt, scaler: torch.amp.GradScaler, module: torch.nn.Module, grad_clip: float | None) -> None:
-    """Backward (loss-scaled under fp16), optional gradient-norm clipping, optimiser step."""
-    scaler.scale(loss).backward()
-    if grad_clip is not None:
-        scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
-    scaler.step(opt)
-    scaler.update()
-
-
 # ---------------------------------------------------------------------------------------------- run files
 def resume_path(cfg: RunConfig) -> Path | None:
     """The checkpoint to resume from: ``resume_from`` when set; ``checkpoint_dir`` or ``run_dir/checkpoints/last.pt``
@@ -183,6 +173,10 @@ class Counters(dict):
         self.update(state)
 
 
+class NonFiniteTraining(MedgenError):
+    """Training produced non-finite losses or weights for longer than ``max_nonfinite_steps`` allows."""
+
+
 def _duration(seconds: float) -> str:
     seconds = int(max(0.0, seconds))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
@@ -226,6 +220,7 @@ class Trainer:
         self.progress_bars = sys.stderr.isatty()  # bars on a terminal; one line per log_interval in a log file
         self._loader = None
         self._stop_signal: int | None = None
+        self._step_skipped, self._nonfinite_in_a_row, self.counters_nonfinite = False, 0, 0
         self.effective_lr: dict[str, float] = {}
         self._components: dict[str, Any] = {}
         self._optimizers: dict[str, torch.optim.Optimizer] = {}
@@ -311,6 +306,30 @@ class Trainer:
         """Effective LR = ``lr`` x world size (the per-process batch stays fixed, so the global batch grows)."""
         return scaled_lr(lr, self.dist.world_size)
 
+    def optimizer_step(self, loss: torch.Tensor, opt, scaler: torch.amp.GradScaler, module: torch.nn.Module,
+                       grad_clip: float | None) -> bool:
+        """Backward, optional gradient-norm clipping, optimiser step; returns whether the step was taken.
+
+        A non-finite gradient norm skips the step (the gradients are dropped; the weights stay as they were)
+        and the training loop counts it. DDP has averaged the gradients, so every rank sees the same norm and
+        skips the same steps. Under fp16 the loss scaler skips non-finite steps itself, as it always has.
+        """
+        scaler.scale(loss).backward()
+        if scaler.is_enabled():
+            if grad_clip is not None:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            return True
+        norm = torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip if grad_clip is not None else math.inf)
+        if not torch.isfinite(norm):  # one device sync per step: the decision must precede the update
+            opt.zero_grad(set_to_none=True)
+            self._step_skipped = True
+            return False
+        opt.step()
+        return True
+
     # ------------------------------------------------------------------ epochs
     def train_epoch(self) -> dict[str, float]:
         """One pass over this rank's shard (from :attr:`step_in_epoch` when resuming mid-epoch); returns the
@@ -332,7 +351,13 @@ class Trainer:
                    disable=not (self.dist.is_main and self.progress_bars))
         for batch in bar:
             images = batch["image"].to(self.dist.device, non_blocking=True)
-            for k, v in self.train_step(images).items():
+            losses = self.train_step(images)
+            if self._step_skipped:
+                self._count_nonfinite(losses)
+                losses = {k: v for k, v in losses.items() if torch.isfinite(v)}  # keep the epoch means finite
+            else:
+                self._nonfinite_in_a_row = 0
+            for k, v in losses.items():
                 sums[k] = sums[k] + v.float() if k in sums else v.detach().float().clone()
                 counts[k] = counts.get(k, 0) + 1
             n_images += images.shape[0] * self.dist.world_size
@@ -363,6 +388,26 @@ class Trainer:
             log.info("epoch %d/%d: %s, %.1f images/s", self.epoch + 1, max_epochs, self.describe_metrics(means), rate)
         self.on_epoch_end(means)
         return means
+
+    def _count_nonfinite(self, losses: dict[str, torch.Tensor]) -> None:
+        """A step skipped for a non-finite gradient: count it, log it, stop after too many in a row."""
+        self._step_skipped = False
+        self._nonfinite_in_a_row += 1
+        self.counters_nonfinite += 1
+        step = self.global_step + 1
+        terms = ", ".join(f"{k}={v.item():g}" for k, v in losses.items() if not torch.isfinite(v)) or "a gradient"
+        limit = self.cfg.max_nonfinite_steps
+        if self.dist.is_main:
+            if self.writer is not None:
+                self.writer.add_scalar("train/nonfinite_steps", self.counters_nonfinite, step)
+            log.warning("step %d: non-finite %s; the step was skipped (%d in a row, max_nonfinite_steps=%d)",
+                        step, terms, self._nonfinite_in_a_row, limit)
+        if self._nonfinite_in_a_row > limit:
+            raise NonFiniteTraining(
+                f"training diverged: {self._nonfinite_in_a_row} steps in a row up to step {step} (epoch {self.epoch + 1}) "
+                f"had a non-finite loss or gradient ({terms}); the checkpoints keep the last finite weights; lower "
+                f"{self.section}.lr, set {self.section}.grad_clip, or resume from best.pt"
+            )
 
     def on_epoch_end(self, means: dict[str, float]) -> None:
         """After each epoch's scalars are logged (every rank): method-specific checks."""
@@ -484,7 +529,14 @@ class Trainer:
         return state
 
     def save(self, name: str = "last.pt") -> None:
-        """Every rank contributes its RNG state; rank 0 writes ``run_dir/checkpoints/<name>`` atomically."""
+        """Every rank contributes its RNG state; rank 0 writes ``run_dir/checkpoints/<name>`` atomically.
+        Weights with a non-finite value are never written: the previous file stays."""
+        bad = [n for n, comp in self._components.items() if isinstance(comp, torch.nn.Module)
+               and not all(torch.isfinite(t).all() for t in comp.state_dict().values() if t.is_floating_point())]
+        if int(all_reduce_max(torch.tensor([len(bad)], device=self.dist.device)).item()):
+            raise NonFiniteTraining(f"{', '.join(bad) or 'a network on another rank'} holds non-finite weights; "
+                                    f"{self.ckpt_dir / name} was not overwritten; lower {self.section}.lr or set "
+                                    f"{self.section}.grad_clip, and resume from the last checkpoint")
         rngs = all_gather_objects(rng_state())
         if self.dist.is_main:
             save_checkpoint({**self.state_dict(), "rng": rngs}, self.ckpt_dir / name)

@@ -15,7 +15,7 @@ from medgen.data.datasets import build_dataset, make_val_loader, shard
 from medgen.losses.vae import adversarial_loss, build_perceptual_loss, kl_loss, reconstruction_loss
 from medgen.metrics import psnr, ssim
 from medgen.models.autoencoder import build_autoencoder, build_discriminator
-from medgen.training.base import Trainer, adam, lr_scheduler, optimizer_step, wrap_ddp
+from medgen.training.base import Trainer, adam, lr_scheduler, wrap_ddp
 from medgen.training.distributed import all_reduce_sum
 from medgen.training.images import comparison_grid
 
@@ -102,7 +102,7 @@ class VAETrainer(Trainer):
                 l_adv = self.adv_loss(logits_fake.float(), target_is_real=True, for_discriminator=False)
                 loss_g = loss_g + t.adv_weight * l_adv
         self.opt_g.zero_grad(set_to_none=True)
-        optimizer_step(loss_g, self.opt_g, self.scaler_g, self.autoencoder, t.grad_clip)
+        self.optimizer_step(loss_g, self.opt_g, self.scaler_g, self.autoencoder, t.grad_clip)
 
         l_real = l_fake = zero
         if adversarial:
@@ -115,7 +115,7 @@ class VAETrainer(Trainer):
                 l_fake = self.adv_loss(fake, target_is_real=False, for_discriminator=True)
                 loss_d = t.adv_weight * 0.5 * (l_real + l_fake)
             self.opt_d.zero_grad(set_to_none=True)
-            optimizer_step(loss_d, self.opt_d, self.scaler_d, self.discriminator, t.grad_clip)
+            self.optimizer_step(loss_d, self.opt_d, self.scaler_d, self.discriminator, t.grad_clip)
         losses = dict(recon=l_rec, kl=l_kl, perceptual=l_p, gen_adv=l_adv, disc_real=l_real, disc_fake=l_fake)
         return {k: v.detach() for k, v in losses.items()}
 

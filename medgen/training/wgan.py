@@ -29,7 +29,7 @@ from medgen.losses.adversarial import (
 )
 from medgen.metrics import FeatureExtractor, fid, histogram_intersection, histogram_wasserstein, kid, ssim_diversity
 from medgen.models.wgan import build_critic, build_generator
-from medgen.training.base import Counters, Trainer, adam, lr_scheduler, optimizer_step, wrap_ddp
+from medgen.training.base import Counters, Trainer, adam, lr_scheduler, wrap_ddp
 
 log = logging.getLogger("medgen.train")
 
@@ -167,7 +167,7 @@ class WGANTrainer(Trainer):
             loss = gan_d_loss(t.gan_loss, real_s, fake_s)
             terms = dict(discriminator=loss, real_logit=real_s.mean(), fake_logit=fake_s.mean())
         self.opt_d.zero_grad(set_to_none=True)
-        optimizer_step(loss, self.opt_d, self.scaler_d, self.critic, t.grad_clip)
+        self.optimizer_step(loss, self.opt_d, self.scaler_d, self.critic, t.grad_clip)
         return {k: v.detach() for k, v in terms.items()}
 
     def generator_step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -192,7 +192,7 @@ class WGANTrainer(Trainer):
                 l_adv = wgan_generator_loss(scores) if self.method == "wgan_gp" else gan_g_loss(t.gan_loss, scores)
                 loss = l_adv + fm_weight * l_fm
             self.opt_g.zero_grad(set_to_none=True)
-            optimizer_step(loss, self.opt_g, self.scaler_g, self.generator, t.grad_clip)
+            self.optimizer_step(loss, self.opt_g, self.scaler_g, self.generator, t.grad_clip)
         finally:
             self.critic.requires_grad_(True)
         if self.ema is not None:
