@@ -185,3 +185,13 @@ def test_one_nan_step_is_skipped_and_training_goes_on(demo2d, tmp_path, monkeypa
     assert train_vae(["vae_config.json", *[f"--set={s}" for s in sets]]) == 0
     ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
     assert ckpt["epoch"] == 2 and _all_finite(ckpt)
+
+
+def test_an_epoch_without_a_generator_step_is_warned_about(demo2d, tmp_path, caplog):
+    from conftest import train_wgan
+
+    sets = [*WGAN_TINY, "wgan_train.max_epochs=1", "wgan_train.n_critic=10", f"data_base_dir={demo2d}",
+            f"run_dir={tmp_path / 'run'}"]
+    with caplog.at_level(logging.WARNING, logger="medgen.train"):
+        assert train_wgan(["wgan_config.json", *[f"--set={s}" for s in sets]]) == 0
+    assert "epoch 1 made no generator step" in caplog.text and "lower n_critic" in caplog.text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -138,7 +139,7 @@ def make_train_loader(cfg: RunConfig, dataset, batch_size: int, epoch: int, rank
         dataset,
         batch_size=batch_size,
         sampler=sampler,
-        num_workers=cfg.num_workers,
+        num_workers=loader_workers(cfg.num_workers),
         pin_memory=torch.cuda.is_available(),
         persistent_workers=cfg.num_workers > 0,
         drop_last=False,
@@ -146,8 +147,17 @@ def make_train_loader(cfg: RunConfig, dataset, batch_size: int, epoch: int, rank
     )
 
 
+def loader_workers(requested: int) -> int:
+    """``requested`` loader workers, at most one per CPU this process may run on: more only contend (and
+    torch warns about them)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if requested > cpus:
+        log.info("num_workers=%d capped at the %d CPUs this process may use", requested, cpus)
+    return min(requested, cpus)
+
+
 def make_val_loader(cfg: RunConfig, dataset, batch_size: int) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=min(cfg.num_workers, 2),
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=loader_workers(min(cfg.num_workers, 2)),
                       generator=_own_generator(cfg.seed))
 
 
