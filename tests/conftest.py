@@ -114,3 +114,17 @@ def install_signal_hook(trainer_cls) -> None:
         return original(self, images, *args)
 
     trainer_cls.train_step = train_step
+
+
+def preempt_then_resume(ddp_run, demo, run) -> tuple[dict, subprocess.CompletedProcess]:
+    """Two processes, 2 steps an epoch (8 training images, batch 2): rank 1 alone gets SIGTERM during step 0 of
+    epoch 1; both ranks must stop after that step with last.pt at (epoch 1, step 1). Then resume to the end.
+    Returns the final checkpoint and the resumed run's process."""
+    from medgen.io.checkpoint import load_checkpoint
+
+    proc = ddp_run(demo, run, env={"MEDGEN_TEST_SIGNAL": "SIGTERM@1:0:1"}, check=False)
+    assert proc.returncode != 0 and "interrupted (SIGTERM) at epoch 2 step 1" in proc.stderr, proc.stderr[-3000:]
+    saved = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert (saved["epoch"], saved["step_in_epoch"]) == (1, 1)
+    resumed = ddp_run(demo, run, ["resume_ckpt=true"])
+    return load_checkpoint(run / "checkpoints" / "last.pt"), resumed

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import torchrun, train_wgan as main
+from conftest import preempt_then_resume, torchrun, train_wgan as main
 from medgen.training.base import resume_path
 from medgen.config import ConfigError, WGANConfig
 from medgen.config import load_config
@@ -249,15 +249,8 @@ def test_stop_after_epoch_one_and_resume_is_bitwise_equal(demo2d, ddp_two_epochs
 
 
 def test_sigterm_on_one_rank_mid_epoch_stops_both_and_resumes_bitwise_equal(demo2d, ddp_two_epochs, tmp_path):
-    run = tmp_path / "preempted"
-    # 2 steps an epoch on each of 2 ranks; rank 1 alone gets SIGTERM during step 0 of epoch 1 (0-based)
-    proc = _ddp_run(demo2d, run, env={"MEDGEN_TEST_SIGNAL": "SIGTERM@1:0:1"}, check=False)
-    assert proc.returncode != 0 and "interrupted (SIGTERM) at epoch 2 step 1" in proc.stderr, proc.stderr[-3000:]
-    saved = load_checkpoint(run / "checkpoints" / "last.pt")
-    assert (saved["epoch"], saved["step_in_epoch"]) == (1, 1)
-    _ddp_run(demo2d, run, ["resume_ckpt=true"])
+    resumed, _ = preempt_then_resume(_ddp_run, demo2d, tmp_path / "preempted")
     full = load_checkpoint(ddp_two_epochs / "checkpoints" / "last.pt")
-    resumed = load_checkpoint(run / "checkpoints" / "last.pt")
     assert resumed["global_step"] == full["global_step"]
     for key in ("generator", "critic", "ema"):
         assert _same(full[key], resumed[key]), key

@@ -1,8 +1,9 @@
 """The trainer skeleton every medgen method shares.
 
 :class:`Trainer` owns what is the same for every method: the epoch loop, the validation cadence, checkpoints
-(each registered component saves and restores itself), resume rules, run info, TensorBoard, progress and
-the launcher. A method (VAE-GAN, WGAN/GAN, ...) subclasses it and defines only
+(each registered component saves and restores itself), resume rules (also mid-epoch, bitwise exact), stopping
+on SIGTERM / SIGINT at a step boundary with ``last.pt`` written, skipping non-finite steps, run info,
+TensorBoard, progress (a bar on a terminal, a line per ``log_interval`` in a log file) and the launcher. A method (VAE-GAN, WGAN/GAN, ...) subclasses it and defines only
 
 - :meth:`Trainer.build`: its networks, losses and optimisers, registered with :meth:`Trainer.track`;
 - :meth:`Trainer.train_step`: one step on a batch of images, returning detached scalars to log;
@@ -220,11 +221,13 @@ class Trainer:
         self.progress_bars = sys.stderr.isatty()  # bars on a terminal; one line per log_interval in a log file
         self._loader = None
         self._stop_signal: int | None = None
-        self._step_skipped, self._nonfinite_in_a_row, self.counters_nonfinite = False, 0, 0
+        self._step_skipped, self._nonfinite_in_a_row = False, 0
         self.effective_lr: dict[str, float] = {}
         self._components: dict[str, Any] = {}
         self._optimizers: dict[str, torch.optim.Optimizer] = {}
         self._schedulers: list = []
+        self.counters = Counters(nonfinite_steps=0)  # methods add their own counts
+        self.track(counters=self.counters)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.build()
         torch.manual_seed(cfg.seed + self.dist.rank)  # per-rank randomness from here on (noise, crops)
@@ -393,13 +396,13 @@ class Trainer:
         """A step skipped for a non-finite gradient: count it, log it, stop after too many in a row."""
         self._step_skipped = False
         self._nonfinite_in_a_row += 1
-        self.counters_nonfinite += 1
+        self.counters["nonfinite_steps"] += 1
         step = self.global_step + 1
         terms = ", ".join(f"{k}={v.item():g}" for k, v in losses.items() if not torch.isfinite(v)) or "a gradient"
         limit = self.cfg.max_nonfinite_steps
         if self.dist.is_main:
             if self.writer is not None:
-                self.writer.add_scalar("train/nonfinite_steps", self.counters_nonfinite, step)
+                self.writer.add_scalar("train/nonfinite_steps", self.counters["nonfinite_steps"], step)
             log.warning("step %d: non-finite %s; the step was skipped (%d in a row, max_nonfinite_steps=%d)",
                         step, terms, self._nonfinite_in_a_row, limit)
         if self._nonfinite_in_a_row > limit:

@@ -29,7 +29,7 @@ from medgen.losses.adversarial import (
 )
 from medgen.metrics import FeatureExtractor, fid, histogram_intersection, histogram_wasserstein, kid, ssim_diversity
 from medgen.models.wgan import build_critic, build_generator
-from medgen.training.base import Counters, Trainer, adam, lr_scheduler, wrap_ddp
+from medgen.training.base import Trainer, adam, lr_scheduler, wrap_ddp
 
 log = logging.getLogger("medgen.train")
 
@@ -95,8 +95,7 @@ class WGANTrainer(Trainer):
                    sched_g=self.sched_g, sched_d=self.sched_d, scaler_g=self.scaler_g, scaler_d=self.scaler_d)
         if self.ema is not None:
             self.track(ema=self.ema)
-        self.counters = Counters(generator_steps=0)
-        self.track(counters=self.counters)
+        self.counters["generator_steps"] = 0
         self.log_lr(generator=self.opt_g, discriminator=self.opt_d)
 
         self.g_ddp = wrap_ddp(self.generator, self.dist)
