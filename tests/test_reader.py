@@ -409,3 +409,47 @@ def test_find_images_on_the_class_layout(tmp_path):
     assert read_image(base / "dente" / "vol1")[0].shape == (1, 5, 16, 16)
     with pytest.raises(FileNotFoundError):
         find_images(base / "missing")
+
+
+def _intra_oral(path, patient: str, rows: int, cols: int, seed: int, **extra) -> None:
+    """One intra-oral radiograph as a vendor's export writes it: 8-bit, Explicit VR, no series UID, no positions."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.3"  # Digital Intra-Oral X-Ray Image Storage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientName, ds.InstanceNumber = "IO", patient, 1
+    for key, value in extra.items():
+        setattr(ds, key, value)
+    pixels = np.random.default_rng(seed).integers(0, 256, (rows, cols), dtype=np.uint8)
+    ds.set_pixel_data(pixels, "MONOCHROME2", bits_stored=8)
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_a_folder_of_separate_intra_oral_radiographs_is_never_one_volume(tmp_path):
+    folder = tmp_path / "io"
+    folder.mkdir()
+    for i in range(7):  # seven patients, same sensor size
+        _intra_oral(folder / f"img{i}.dcm", f"Patient^{i}", 40, 30, seed=i)
+    with pytest.raises(ImageReadError) as err:
+        read_image(folder)
+    assert err.value.reason == "not_a_volume" and "7 separate 2D images (modality IO)" in err.value.detail
+    assert "Patient" not in str(err.value)
+    items = find_images(folder)
+    assert items == sorted(folder.glob("*.dcm"))  # seven 2D items, not one series folder
+    assert all(read_image(p)[0].shape == (1, 40, 30) for p in items)
+
+
+def test_images_without_series_or_positions_are_not_stacked(tmp_path):
+    folder = tmp_path / "ot"
+    folder.mkdir()
+    for i in range(3):  # a modality that could be a volume, but nothing says these images belong together
+        _intra_oral(folder / f"img{i}.dcm", "", 16, 16, seed=i, Modality="OT")
+    with pytest.raises(ImageReadError) as err:
+        read_image(folder)
+    assert err.value.reason == "not_a_volume" and "no series and no slice positions" in err.value.detail

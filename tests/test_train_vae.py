@@ -68,6 +68,9 @@ def test_two_processes_scale_lr_and_end_with_identical_weights(ddp_two_epochs):
     assert len(cached) == 10  # demo2d: 5 edente + 5 dente
     versions = json.loads((ddp_two_epochs / "versions.json").read_text())
     assert versions["world_size"] == 2 and versions["effective_lr"]["generator"] == pytest.approx(2e-4)
+    # the validation grid holds images from both ranks' shards (one validation image each here): 2 rows of 32 + 2
+    (grid,) = _tb_tags(ddp_two_epochs).Images("val/input_vs_reconstruction")[-1:]
+    assert grid.height == 2 * (32 + 2)
     # the process group is gone when the command returns: no gloo thread lives on into interpreter exit
     for rank in (0, 1):
         threads = (ddp_two_epochs / f"threads_rank{rank}.txt").read_text().split()

@@ -76,6 +76,7 @@ REASONS = {
     "unreadable": "the file could not be parsed",
     "multiple_series": "the folder holds more than one DICOM series",
     "inconsistent_series": "the slices of the series cannot be stacked into one volume",
+    "not_a_volume": "a folder of separate 2D radiographs read as one volume (projection images, or no series/positions)",
     "unsupported_shape": "an image layout medgen does not read (e.g. 4D, several channels)",
 }
 
@@ -89,6 +90,8 @@ IGNORED_SUFFIXES = frozenset(
 # Files without ImagePositionPatient count as slices of a volume only for these modalities (CBCT is "CT"):
 # same-sized files of one DX/IO/PX/NM... series are separate 2D images (e.g. an intra-oral full-mouth series).
 VOLUME_MODALITIES = frozenset({"CT", "MR", "PT"})
+# Projection radiographs: one image each, never slices of a volume (computed, digital, intra-oral, panoramic, mammography)
+PROJECTION_MODALITIES = frozenset({"CR", "DX", "IO", "PX", "MG", "RG"})
 # ITU-R BT.601 luma weights, as used by Pillow's convert("L").
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)
 _DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
@@ -678,6 +681,22 @@ def _read_dicom_series(folder: Path) -> tuple[np.ndarray, tuple[float, ...], Ima
         arr, spacing, info = _read_dicom_file(slices[0][0])
         return arr, spacing, replace(info, kind="dicom_series")
 
+    have_positions = all(
+        ds.get("ImagePositionPatient") is not None and ds.get("ImageOrientationPatient") is not None for _, ds in slices
+    )
+    modalities = sorted({str(ds.get("Modality", "") or "?") for _, ds in slices})
+    projection = [m for m in modalities if m in PROJECTION_MODALITIES]
+    volume_kind = all(m in VOLUME_MODALITIES for m in modalities) and None not in series
+    if projection or not (have_positions or volume_kind):
+        # Radiographs (one projection each) or images of no known series and position: separate 2D images.
+        why = f"modality {', '.join(projection)}" if projection else "no series and no slice positions"
+        raise ImageReadError(
+            folder,
+            "not_a_volume",
+            f"the folder holds {len(slices)} separate 2D images ({why}), not the slices of one volume; read its "
+            "files one by one (as a data folder of 2D images does), or give a series with slice positions",
+        )
+
     sizes = {(int(ds.Rows), int(ds.Columns), int(ds.get("NumberOfFrames", 1) or 1)) for _, ds in slices}
     if len(sizes) > 1 or next(iter(sizes))[2] > 1:
         raise ImageReadError(
@@ -687,9 +706,6 @@ def _read_dicom_series(folder: Path) -> tuple[np.ndarray, tuple[float, ...], Ima
             "single-frame slices of one size",
         )
 
-    have_positions = all(
-        ds.get("ImagePositionPatient") is not None and ds.get("ImageOrientationPatient") is not None for _, ds in slices
-    )
     if have_positions:
         normal = _slice_normal(slices[0][1].ImageOrientationPatient)
         along = np.array([np.dot([float(v) for v in ds.ImagePositionPatient], normal) for _, ds in slices])

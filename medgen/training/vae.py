@@ -16,7 +16,7 @@ from medgen.losses.vae import adversarial_loss, build_perceptual_loss, kl_loss, 
 from medgen.metrics import psnr, ssim
 from medgen.models.autoencoder import build_autoencoder, build_discriminator
 from medgen.training.base import Trainer, adam, lr_scheduler, wrap_ddp
-from medgen.training.distributed import all_reduce_sum
+from medgen.training.distributed import all_gather_objects, all_reduce_sum
 from medgen.training.images import comparison_grid
 
 
@@ -138,8 +138,14 @@ class VAETrainer(Trainer):
             sums[2] += (rec - x).abs().flatten(1).mean(1).sum().double()
             sums[3] += x.shape[0]
             if shown is None:
-                shown = (x[: self.cfg.num_val_images].cpu(), rec[: self.cfg.num_val_images].cpu())
+                k = self.cfg.num_val_images  # plain tensors: they are gathered from every rank
+                shown = (x[:k].cpu().as_subclass(torch.Tensor), rec[:k].cpu().as_subclass(torch.Tensor))
         all_reduce_sum(sums)
+        # the grid shows num_val_images images from all ranks' shards, not only rank 0's
+        gathered = [g for g in all_gather_objects(shown) if g is not None] if self.dist.distributed else [shown] if shown else []
+        if gathered:
+            k = self.cfg.num_val_images
+            shown = (torch.cat([g[0] for g in gathered])[:k], torch.cat([g[1] for g in gathered])[:k])
         self.autoencoder.train()
         n = max(sums[3].item(), 1.0)
         metrics = {"psnr": sums[0].item() / n, "ssim": sums[1].item() / n, "l1": sums[2].item() / n, "count": int(sums[3].item())}
