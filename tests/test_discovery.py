@@ -70,3 +70,12 @@ def test_a_missing_class_folder_names_the_fix(tmp_path, demo2d):
     assert "demo-data" not in str(err.value)  # never suggest writing demo data into a real data folder
     with pytest.raises(ConfigError, match="does not exist"):
         data_source(tmp_path / "nowhere")
+
+
+def test_a_class_folder_of_unreadable_files_never_gets_the_demo_data_hint(tmp_path):
+    (tmp_path / "edente").mkdir()
+    (tmp_path / "edente" / "notes.txt").write_text("not an image")
+    cfg = load_config(ROOT / "vae_config.json", [f"data_base_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match="holds files but none medgen reads as an image; `medgen check-data") as err:
+        discover_items(cfg)
+    assert "demo-data" not in str(err.value)

@@ -52,9 +52,14 @@ def discover_items(cfg: RunConfig) -> tuple[list[dict], list[dict]]:
         folder = base / label
         items = images_in(folder, label) if folder.is_dir() else []
         if not items:
-            present = [c for c in CLASS_FOLDERS if (base / c).is_dir() and c != label]
-            fix = (f'set data_source="{present[0]}" to train on {base / present[0]} alone, or add images to {folder}'
-                   if present else "put DICOM/NIfTI/PNG files there, or try medgen on synthetic data: `medgen demo-data DIR`")
+            present = [c for c in CLASS_FOLDERS if c != label and (base / c).is_dir() and images_in(base / c, c)]
+            holds_files = folder.is_dir() and any(p.is_file() for p in folder.rglob("*"))
+            if present:
+                fix = f'set data_source="{present[0]}" to train on {base / present[0]} alone, or add images to {folder}'
+            elif holds_files:  # real data that medgen cannot use: never suggest writing demo data there
+                fix = f"it holds files but none medgen reads as an image; `medgen check-data {folder}` says why"
+            else:
+                fix = "put DICOM/NIfTI/PNG files there, or try medgen on synthetic data: `medgen demo-data DIR`"
             raise ConfigError(f"no images found in {folder} (data_source={cfg.data_source!r}); {fix}")
         if cfg.val_dir is None:
             random.Random(f"{cfg.seed}-{label}").shuffle(items)
