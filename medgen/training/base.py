@@ -424,10 +424,10 @@ class Trainer:
 
     def _stop_requested(self) -> int:
         """The signal any rank received (0: none), agreed by all ranks so they stop at the same step."""
+        if not self.dist.distributed:  # nothing to agree on: no tensor, no device sync
+            return self._stop_signal or 0
         flag = torch.tensor([self._stop_signal or 0], device=self.dist.device)
-        if self.dist.distributed:
-            all_reduce_max(flag)
-        return int(flag.item())
+        return int(all_reduce_max(flag).item())
 
     def _stop_if_requested(self) -> None:
         signum = self._stop_requested()
