@@ -164,11 +164,19 @@ def test_training_scripts_report_bad_arguments_and_missing_files_in_one_line(scr
     assert proc.returncode == 2 and _one_line(err) == f"medgen: config error: config file {tmp_path / config} does not exist"
 
 
-def test_training_script_ctrl_c_during_training(demo2d, tmp_path):
+WGAN_TINY = ["generator.g_channels=32", "generator.min_channels=8", "critic.d_channels=8", "wgan_train.batch_size=2",
+             "wgan_train.n_critic=2", "wgan_train.num_eval_samples=4", "num_workers=0", "scan_workers=0",
+             "data_source=both", "wgan_train.max_epochs=500"]
+
+
+@pytest.mark.parametrize("script, config, tiny", [
+    ("train_vae.py", "vae_config.json", [*TINY, "autoencoder_train.max_epochs=500"]),
+    ("train_wgan.py", "wgan_config.json", WGAN_TINY),
+])
+def test_training_script_ctrl_c_during_training(script, config, tiny, demo2d, tmp_path):
     """A real SIGINT in the middle of a run: last.pt saved at the next step boundary, one line, exit 130."""
-    sets = [f"--set={s}" for s in (*TINY, f"data_base_dir={demo2d}", f"run_dir={tmp_path / 'run'}",
-                                   "autoencoder_train.max_epochs=500")]
-    proc = _script("train_vae.py", "vae_config.json", *sets)
+    sets = [f"--set={s}" for s in (*tiny, f"data_base_dir={demo2d}", f"run_dir={tmp_path / 'run'}")]
+    proc = _script(script, config, *sets)
     seen = []
     deadline = time.monotonic() + 120
     for line in proc.stderr:  # INFO logs go to stderr; the epoch lines mean the loop is running
