@@ -329,7 +329,6 @@ class _RunningMoments:
 
 
 def _save_latent(record: dict, path: Path, latent_format: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
     if latent_format == "pt":
         return save_checkpoint(record, path)  # atomic; loads with weights_only=True
     arrays = {k: (v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v)) for k, v in record.items()}

@@ -429,10 +429,11 @@ class Trainer:
         flag = torch.tensor([self._stop_signal or 0], device=self.dist.device)
         return int(all_reduce_max(flag).item())
 
-    def _stop_if_requested(self) -> None:
+    def _stop_if_requested(self, already_saved: bool = False) -> None:
         signum = self._stop_requested()
         if signum:
-            self.save("last.pt")
+            if not already_saved:
+                self.save("last.pt")
             raise TrainingInterrupted(self.epoch, self.step_in_epoch, signum, self.ckpt_dir / "last.pt")
 
     @contextlib.contextmanager
@@ -512,10 +513,11 @@ class Trainer:
                         if best is not None and best > self.best_value:  # every rank holds the reduced measure
                             self.best_value = best
                             self.save("best.pt")
-                    if self.epoch % self.cfg.checkpoint_interval == 0 or last:
+                    saved = self.epoch % self.cfg.checkpoint_interval == 0 or last
+                    if saved:
                         self.save("last.pt")
                     if not last:
-                        self._stop_if_requested()
+                        self._stop_if_requested(already_saved=saved)
         finally:
             if self.writer is not None:
                 self.writer.close()

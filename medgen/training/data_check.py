@@ -20,17 +20,12 @@ class DataCheckError(MedgenError):
     """Some training or validation files are unusable and ``skip_bad_files`` is false."""
 
 
-def training_items(cfg: RunConfig, patch_size: Sequence[int], dist_info: DistInfo) -> tuple[list[dict], list[dict]]:
-    """The training and validation items of ``cfg`` (:func:`medgen.io.discovery.discover_items`), checked."""
-    return checked_items(cfg, *discover_items(cfg), patch_size, dist_info)
-
-
-def checked_items(
-    cfg: RunConfig, train: Sequence[dict], val: Sequence[dict], patch_size: Sequence[int] | None, dist_info: DistInfo
-) -> tuple[list[dict], list[dict]]:
-    """Read every item with the real reader before the first step (rank 0, in parallel, cached by size and
-    mtime in ``run_dir``); stop with the report when a file is bad, or drop bad files when
+def training_items(cfg: RunConfig, patch_size: Sequence[int] | None, dist_info: DistInfo) -> tuple[list[dict], list[dict]]:
+    """The training and validation items of ``cfg`` (:func:`medgen.io.discovery.discover_items`), checked:
+    every item is read with the real reader before the first step (rank 0, in parallel, cached by the item's
+    change stamp in ``run_dir``); stop with the report when a file is bad, or drop bad files when
     ``skip_bad_files`` is true and list them in ``run_dir/skipped_files.json``."""
+    train, val = discover_items(cfg)
     items = [*train, *val]
     if dist_info.is_main:
         Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)

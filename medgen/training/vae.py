@@ -70,10 +70,6 @@ class VAETrainer(Trainer):
         self.val_ds = build_dataset(self.cfg, val_shard, self.patch_size, train=False, rank=self.dist.rank)
 
     @property
-    def best_psnr(self) -> float:
-        return self.best_value
-
-    @property
     def adversarial(self) -> bool:
         """Whether this epoch trains the adversarial terms (after the warm-up, with a non-zero weight)."""
         t = self.cfg.autoencoder_train
@@ -142,7 +138,7 @@ class VAETrainer(Trainer):
                 shown = (x[:k].cpu().as_subclass(torch.Tensor), rec[:k].cpu().as_subclass(torch.Tensor))
         all_reduce_sum(sums)
         # the grid shows num_val_images images from all ranks' shards, not only rank 0's
-        gathered = [g for g in all_gather_objects(shown) if g is not None] if self.dist.distributed else [shown] if shown else []
+        gathered = [g for g in all_gather_objects(shown) if g is not None]  # [shown] in one process
         if gathered:
             k = self.cfg.num_val_images
             shown = (torch.cat([g[0] for g in gathered])[:k], torch.cat([g[1] for g in gathered])[:k])
