@@ -16,7 +16,7 @@ import pytest
 from conftest import ROOT, TINY
 from medgen.cli import build_parser, main
 
-SUBCOMMANDS = ("demo-data", "check-data", "train-vae", "train-wgan", "reconstruct", "encode", "sample", "fit-decoder")
+SUBCOMMANDS = ("demo-data", "check-data", "train-vae", "train-wgan", "reconstruct", "encode", "decode", "sample", "fit-decoder")
 
 
 PROGRESS = re.compile(r"\d+%\|")  # a tqdm bar (data scan, epochs) drawn before the interruption
@@ -40,6 +40,7 @@ BAD_ARGUMENTS = {
     "train-wgan": ["train-wgan"],
     "reconstruct": ["reconstruct", "--checkpoint", "c.pt", "--input", "x", "--output", "o", "--format", "jpg"],
     "encode": ["encode", "--checkpoint", "c.pt", "--output", "o"],
+    "decode": ["decode", "--checkpoint", "c.pt", "--input", "lat", "--output", "o", "--tile-size", "big"],
     "sample": ["sample", "--checkpoint", "c.pt", "--count", "3.5", "--output", "o"],
     "fit-decoder": ["fit-decoder", "--input", "x.png", "--output", "o.png", "--steps", "-"],
 }
@@ -65,6 +66,7 @@ def _missing(tmp_path: Path) -> dict[str, list[str]]:
         "train-wgan": ["train-wgan", str(nowhere / "wgan_config.json")],
         "reconstruct": ["reconstruct", "--checkpoint", str(nowhere / "best.pt"), "--input", str(a_file), "--output", str(tmp_path / "o")],
         "encode": ["encode", "--checkpoint", str(nowhere / "best.pt"), "--input", str(a_file), "--output", str(tmp_path / "o")],
+        "decode": ["decode", "--checkpoint", str(nowhere / "best.pt"), "--input", str(a_file), "--output", str(tmp_path / "o")],
         "sample": ["sample", "--checkpoint", str(nowhere / "last.pt"), "--count", "2", "--output", str(tmp_path / "o")],
         "fit-decoder": ["fit-decoder", "--input", str(nowhere / "pano.png"), "--output", str(tmp_path / "o.png")],
     }
@@ -83,8 +85,9 @@ INTERRUPT_AT = {
     "check-data": "medgen.data.check.read_image_and_info",
     "train-vae": "medgen.training.base.Trainer.train_epoch",
     "train-wgan": "medgen.training.base.Trainer.train_epoch",
-    "reconstruct": "medgen.inference.autoencoder.preprocess",
-    "encode": "medgen.inference.autoencoder.preprocess",
+    "reconstruct": "medgen.data.whole.preprocess",
+    "encode": "medgen.data.whole.preprocess",
+    "decode": "medgen.inference.autoencoder.decode_latents",
     "sample": "medgen.inference.sample.generate",
     "fit-decoder": "medgen.inference.fit_decoder.fit_decoder",
 }
@@ -107,7 +110,7 @@ def _runs(command: str, tmp_path: Path, demo2d: Path, checkpoints) -> list[str]:
     vae, wgan = checkpoints
     image = next((demo2d / "dente").glob("*.dcm"))
     sets = [*TINY, f"data_base_dir={demo2d}", f"run_dir={tmp_path / 'run'}"]
-    return {
+    argv = {
         "demo-data": ["demo-data", str(tmp_path / "demo"), "--count", "1", "--size", "32"],
         "check-data": ["check-data", str(demo2d), "--workers", "0"],
         "train-vae": ["train-vae", "vae_config.json", *[f"--set={s}" for s in sets]],
@@ -115,9 +118,18 @@ def _runs(command: str, tmp_path: Path, demo2d: Path, checkpoints) -> list[str]:
                        "--set=data_source=both", f"--set=data_base_dir={demo2d}", f"--set=run_dir={tmp_path / 'run'}"],
         "reconstruct": ["reconstruct", "--checkpoint", str(vae), "--input", str(image), "--output", str(tmp_path / "o")],
         "encode": ["encode", "--checkpoint", str(vae), "--input", str(image), "--output", str(tmp_path / "o")],
+        "decode": ["decode", "--checkpoint", str(vae), "--input", "LATENTS", "--output", str(tmp_path / "o")],
         "sample": ["sample", "--checkpoint", str(wgan), "--count", "2", "--output", str(tmp_path / "o")],
         "fit-decoder": ["fit-decoder", "--input", str(image), "--output", str(tmp_path / "o.png")],
     }[command]
+    if command == "decode":  # latents to decode: written before the command under test runs
+        return [str(_latents(vae, image, tmp_path)) if a == "LATENTS" else a for a in argv]
+    return argv
+
+
+def _latents(vae: Path, image: Path, tmp_path: Path) -> Path:
+    assert main(["encode", "--checkpoint", str(vae), "--input", str(image), "--output", str(tmp_path / "lat")]) == 0
+    return tmp_path / "lat"
 
 
 def _interrupt(*args, **kwargs):
@@ -203,7 +215,7 @@ def test_running_out_of_memory_is_one_line_with_what_to_change(tmp_path, demo2d,
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:119] data. DefaultCPUAllocator: can't allocate memory: "
                            "you tried to allocate 279257288704 bytes. Error code 12 (Cannot allocate memory)")
 
-    monkeypatch.setattr("medgen.inference.autoencoder.preprocess", allocate)
+    monkeypatch.setattr("medgen.data.whole.preprocess", allocate)
     assert main(_runs("encode", tmp_path, demo2d, checkpoints)) == 2
     line = _one_line(capsys.readouterr().err)
     assert line.startswith("medgen: out of memory (") and "279257288704 bytes" in line and "smaller" in line

@@ -1,4 +1,4 @@
-"""`medgen reconstruct` and `medgen encode`: sliding windows, shapes and spacing kept, latents that decode to
+"""`medgen reconstruct` and `medgen encode`: tiles, shapes and spacing kept, latents that decode to
 the reconstruction, the latent scale factor, inputs from folders and configs, nothing identifying written."""
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from monai.networks.nets import AutoencoderKL
 
 from conftest import TINY
 from medgen.cli import main
@@ -63,21 +62,19 @@ def _nii(path: Path):
     return torch.as_tensor(array), spacing
 
 
-def test_reconstruct_3d_volume_larger_than_patch_runs_in_windows_and_keeps_shape_and_spacing(ckpt3d, tmp_path, monkeypatch):
+def test_reconstruct_3d_volume_larger_than_a_tile_runs_in_tiles_and_keeps_shape_and_spacing(ckpt3d, tmp_path, monkeypatch):
     vol = write_image(_smooth((20, 24, 34)), tmp_path / "in" / "cbct.nii.gz", spacing=(0.5, 0.4, 0.3))
-    calls = []
-    original = AutoencoderKL.reconstruct
+    model, _ = load_model(ckpt3d, device="cpu")
+    seen = []
+    model.encoder.blocks[0].register_forward_hook(lambda m, inp, out: seen.append(tuple(inp[0].shape[2:])))
+    import medgen.inference.autoencoder as inference
 
-    def spy(self, x):
-        calls.append(tuple(x.shape))
-        return original(self, x)
-
-    monkeypatch.setattr(AutoencoderKL, "reconstruct", spy)
-    assert main(["reconstruct", "--checkpoint", str(ckpt3d), "--input", str(vol), "--output", str(tmp_path / "out"),
-                 "--sw-batch-size", "2"]) == 0
-    # only patch-sized windows (at most sw_batch_size at a time) reached the network, never the whole volume
-    assert calls and all(c[2:] == (16, 16, 16) and c[0] <= 2 for c in calls)
-    assert sum(c[0] for c in calls) == 2 * 2 * 3  # windows of 16 every 12 (25 % overlap): 20 -> 2, 24 -> 2, 34 -> 3
+    original = inference.load_model
+    monkeypatch.setattr(inference, "load_model", lambda *a, **k: (model, original(*a, **k)[1]))
+    assert main(["reconstruct", "--checkpoint", str(ckpt3d), "--input", str(vol), "--output", str(tmp_path / "out")]) == 0
+    # only tiles of the training patch (16^3) reached the encoder, never the whole volume
+    assert seen and all(max(s) <= 16 for s in seen)
+    assert len(seen) == 2 * 2 * 3  # tiles of 16 every 12 (25 % overlap): 20 -> 2, 24 -> 2, 34 -> 3
     out, spacing = _nii(tmp_path / "out" / "cbct.nii.gz")
     assert out.shape == (1, 20, 24, 34)
     assert spacing == pytest.approx((0.5, 0.4, 0.3))
@@ -95,7 +92,7 @@ def test_encode_latents_decode_to_the_reconstruction(ckpt2d, ckpt3d, tmp_path, d
     assert record["z_mu"].shape == (cfg.autoencoder_def.latent_channels, *[s // 2 for s in shape])
     assert record["image_shape"] == list(shape) and "z" not in record
     recon, _ = _nii(tmp_path / "rec" / "case.nii.gz")
-    with torch.no_grad():
+    with torch.no_grad():  # one tile covers the image: the plain forward pass
         decoded = model.decode(record["z_mu"][None])[0].clamp(0, 1)
     torch.testing.assert_close(decoded, recon, atol=1e-5, rtol=0)
     torch.testing.assert_close(decode_latents(model, record), recon, atol=1e-5, rtol=0)

@@ -110,6 +110,8 @@ class AutoencoderTrain:
 
 @dataclass
 class VAEConfig(RunConfig):
+    # also validate on the whole validation images, tiled as `medgen reconstruct` runs them (val/full_psnr, val/full_ssim)
+    val_full_images: bool = False
     autoencoder_def: AutoencoderDef = field(default_factory=AutoencoderDef)
     discriminator_def: DiscriminatorDef = field(default_factory=DiscriminatorDef)
     autoencoder_train: AutoencoderTrain = field(default_factory=AutoencoderTrain)

@@ -1,7 +1,7 @@
 """Using trained networks: reconstruct/encode with an autoencoder, sample a WGAN/GAN, fit a decoder to one image.
 
-- ``autoencoder``: ``medgen reconstruct`` (sliding windows) and ``medgen encode`` (latents + scale factor);
-  the bundles' inference network.
+- ``autoencoder``: ``medgen reconstruct``, ``encode`` (latents + scale factor) and ``decode``, whole images
+  in tiles (:mod:`medgen.models.tiled`); the bundles' inference network.
 - ``sample``: images from a WGAN/GAN checkpoint (``medgen sample``).
 - ``fit_decoder``: denoising / inpainting one radiograph with a ProgressiveDecoder (``medgen fit-decoder``).
 """

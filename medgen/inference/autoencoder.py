@@ -5,20 +5,24 @@ window, ``patch_mode``), apply the training's deterministic preprocessing
 (:func:`medgen.data.transforms.deterministic_transforms`: read, window to [0, 1], pad up to or resize to
 ``patch_size``) and take a file, a folder or a training config's validation split as input.
 
-- **reconstruct**: ``decode(z_mu)`` through MONAI's :class:`~monai.inferers.SlidingWindowInferer` with
-  windows of the training ``patch_size`` (Gaussian blending): images and volumes of any size run with
-  memory bounded by the window batch on the device; the stitched output stays on the CPU. The result
-  is brought back to the input's shape (padding cropped in ``crop`` mode, resized back in ``resize``
-  mode) and written with the input's spacing, in the model's [0, 1] intensity space.
-- **encode**: the latent mean ``z_mu`` (and with ``sample=True`` one draw ``z = z_mu + sigma * eps``) of
-  the WHOLE preprocessed image in one forward pass, not in windows: stitched window latents would not
-  be what the encoder produces for the image (the bottleneck attention sees the whole input). In
-  ``crop`` mode an image whose size is not a multiple of the model's downsampling factor is first
-  padded (zeros, both sides) to the next multiple; ``image_shape`` in the latent file records the size
-  to crop the decoded image back to (:func:`decode_latents`). Memory grows with the image size, so very
-  large volumes need a device that holds one whole forward pass. In ``resize`` mode every image is
-  encoded at ``patch_size``. ``scale_factor.json`` holds ``1 / std`` of the written latents over the
-  whole set, the factor latent diffusion multiplies latents by.
+All three run through :mod:`medgen.models.tiled`: overlapping tiles that advance through the network
+together, normalised with the whole image's GroupNorm statistics and stitched with a cross-fade, so whole
+panoramic radiographs and CBCT volumes run in bounded memory and come out as one image without seams.
+Tile size and overlap default to twice the training patch and a quarter of the tile (``--tile-size``,
+``--overlap``).
+
+- **reconstruct**: ``decode(z_mu)`` of the whole image, brought back to the input's shape (padding cropped
+  in ``crop`` mode, resized back in ``resize`` mode) and written with the input's spacing, in the model's
+  [0, 1] intensity space. ``report=True`` adds each output's seam ratio (:func:`medgen.models.tiled.seam_ratio`)
+  in ``reconstruct_report.json``.
+- **encode**: the latent mean ``z_mu`` (and with ``sample=True`` one draw ``z = z_mu + sigma * eps``) of the
+  whole preprocessed image. In ``crop`` mode an image whose size is not a multiple of the model's
+  downsampling factor is first padded (zeros, both sides) to the next multiple; ``image_shape`` in the
+  latent file records the size to crop the decoded image back to. In ``resize`` mode every image is encoded
+  at ``patch_size``. ``scale_factor.json`` holds ``1 / std`` of the written latents over the whole set, the
+  factor latent diffusion multiplies latents by.
+- **decode**: latent files back to images, the reverse of ``encode``; with the same tiling, ``decode`` of
+  ``encode``'s ``z_mu`` is ``reconstruct``'s output.
 
 Outputs are named after the input's path relative to the input folder (or its file name), never after
 header values; DICOM output goes through :func:`medgen.io.writer.write_image`, which writes no patient
@@ -36,16 +40,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.inferers import SlidingWindowInferer
 from monai.networks.nets import AutoencoderKL
-from monai.transforms import CenterSpatialCrop, DivisiblePad, Resize
-from monai.utils import convert_to_tensor
 from tqdm import tqdm
 
 from medgen.config import AutoencoderDef, ConfigError, VAEConfig, from_dict, load_config
+from medgen.errors import MedgenError, MissingInputError
 from medgen.io.checkpoint import load_checkpoint, save_checkpoint
 from medgen.io.files import atomic_path, write_text_atomic
+from medgen.data.whole import model_input, preprocess, to_image_shape as _to_image_shape
 from medgen.models.autoencoder import build_autoencoder, load_autoencoder
+from medgen.models.tiled import OVERLAP, Tiling, default_tiling, downsample_factor, output_borders, seam_ratio, tiled_decode, tiled_encode
 
 __all__ = [
     "InputItem",
@@ -54,18 +58,23 @@ __all__ = [
     "checkpoint_config",
     "load_model",
     "find_inputs",
-    "sliding_window_inferer",
+    "find_latents",
+    "tiling_for",
     "preprocess",
     "reconstruct_items",
     "encode_items",
+    "decode_items",
     "decode_latents",
     "reconstruct",
     "encode",
+    "decode",
+    "InferenceMemoryError",
 ]
 
 FORMATS = {"nii": ".nii.gz", "png": ".png", "dcm": ".dcm"}
 LATENT_FORMATS = ("pt", "npz")
 SCALE_FACTOR_FILE = "scale_factor.json"
+REPORT_FILE = "reconstruct_report.json"
 # Suffixes dropped from input names before the output suffix is added (others, e.g. UID-like names, are kept).
 _INPUT_SUFFIXES = (".nii.gz", ".nii", ".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
@@ -137,14 +146,45 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def sliding_window_inferer(
-    cfg: VAEConfig, device: str | torch.device, sw_batch_size: int = 4, overlap: float = 0.25
-) -> SlidingWindowInferer:
-    """Windows of the training ``patch_size`` run on ``device``; the blended output is assembled on the CPU."""
-    return SlidingWindowInferer(
-        roi_size=tuple(cfg.autoencoder_train.patch_size), sw_batch_size=sw_batch_size, overlap=overlap,
-        mode="gaussian", sw_device=torch.device(device), device=torch.device("cpu"),
-    )
+def tiling_for(
+    cfg: VAEConfig, tile_size: int | Sequence[int] | None = None, overlap: float | None = None, norm: str | None = None
+) -> Tiling:
+    """The tiling of a model trained with ``cfg`` (:func:`medgen.models.tiled.default_tiling` where not given):
+    ``tile_size`` image pixels (one or one per axis), ``overlap`` a fraction of the tile (below 1) or pixels,
+    ``norm`` the GroupNorm statistics (``"image"`` or ``"tile"``)."""
+    f = cfg.autoencoder_def.downsample_factor
+    default = default_tiling(cfg.autoencoder_train.patch_size, f)
+    return Tiling.of(default.tile if tile_size is None else tile_size, OVERLAP if overlap is None else overlap,
+                     cfg.spatial_dims, align=f, norm=norm or default.norm)
+
+
+class InferenceMemoryError(MedgenError):
+    """Out of memory while encoding or decoding an image; the message names the setting to lower."""
+
+    kind = "out of memory"
+
+
+class _memory_guard:
+    """Turns an out-of-memory error for one image into :class:`InferenceMemoryError` naming ``--tile-size``."""
+
+    def __init__(self, what: str, shape: Sequence[int], tiling: Tiling) -> None:
+        self.what, self.shape, self.tiling = what, tuple(shape), tiling
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        text = str(exc) if exc is not None else ""
+        oom = isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)) or (
+            isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower()))
+        if oom:
+            tile = "x".join(map(str, self.tiling.tile))
+            raise InferenceMemoryError(
+                f"{self.what} ({'x'.join(map(str, self.shape))}) did not fit with tiles of {tile} pixels: lower --tile-size "
+                f"(each tile's work needs device memory) or run on a machine with more memory (the tiles of the whole "
+                f"image wait in host memory)"
+            ) from None
+        return False
 
 
 # ------------------------------------------------------------------------------------------- inputs
@@ -195,58 +235,6 @@ def find_inputs(source: str | Path) -> list[InputItem]:
     return _named(sorted(Path(it["image"]) for it in items), src.base)
 
 
-# ------------------------------------------------------------------------------------------- preprocessing
-def preprocess(cfg: VAEConfig, item: InputItem | str | Path, transforms: Sequence | None = None):
-    """Training's deterministic preprocessing of one image.
-
-    Args:
-        cfg: the training config (window percentiles, ``patch_mode``, ``patch_size``).
-        item: the image.
-        transforms: ``deterministic_transforms(cfg, patch_size)`` when already built (saves rebuilding per image).
-
-    Returns:
-        ``(image, image_shape, spacing)``: float32 tensor ``(1, *spatial)`` in [0, 1] as the model saw it
-        in training (padded up to or resized to ``patch_size``), the spatial shape as read, and the spacing.
-    """
-    from medgen.data.transforms import LoadDentalImaged, deterministic_transforms
-
-    path = item.path if isinstance(item, InputItem) else Path(item)
-    chain = transforms if transforms is not None else deterministic_transforms(cfg, cfg.autoencoder_train.patch_size)
-    data: dict[str, Any] = {"image": str(path)}
-    shape = None
-    for t in chain:
-        data = t(data)
-        if isinstance(t, LoadDentalImaged):
-            shape = tuple(data["image"].shape[1:])
-            if len(shape) != cfg.spatial_dims:
-                raise ConfigError(
-                    f"{path} is a {len(shape)}D image but the checkpoint's model is {cfg.spatial_dims}D "
-                    f"(spatial_dims={cfg.spatial_dims}); use a {cfg.spatial_dims}D model for it"
-                )
-    spacing = tuple(float(s) for s in data["image_spacing"])
-    return _plain(data["image"]).float(), shape, spacing
-
-
-def _to_image_shape(y: torch.Tensor, image_shape: Sequence[int], patch_mode: str) -> torch.Tensor:
-    """Undo the preprocessing's change of size: (C, *model_shape) -> (C, *image_shape)."""
-    if tuple(y.shape[1:]) == tuple(image_shape):
-        return y
-    if patch_mode == "resize":
-        mode = "bilinear" if len(image_shape) == 2 else "trilinear"
-        return _plain(Resize(spatial_size=tuple(image_shape), mode=mode)(y))
-    # every pad was symmetric and on each axis at most one pad was non-zero, so a centre crop inverts it
-    return _plain(CenterSpatialCrop(roi_size=tuple(image_shape))(y))
-
-
-def _plain(t) -> torch.Tensor:
-    """A plain tensor: MONAI transforms may return MetaTensors, which weights_only loading rejects."""
-    return convert_to_tensor(t, track_meta=False)
-
-
-def _device_of(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 # ------------------------------------------------------------------------------------------- reconstruct
 def _write(y: torch.Tensor, item: InputItem, output_dir: Path, fmt: str, spacing: Sequence[float]) -> Path:
     from medgen.io.reader import image_kind
@@ -269,22 +257,24 @@ def reconstruct_items(
     items: Sequence[InputItem],
     output_dir: str | Path,
     fmt: str = "nii",
-    inferer: SlidingWindowInferer | None = None,
+    tiling: Tiling | None = None,
     progress: bool = True,
+    report: bool = False,
 ) -> list[Path]:
-    """Reconstruct each item with sliding windows and write it in the input's shape and spacing.
+    """Reconstruct each whole item in tiles and write it in the input's shape and spacing.
 
     Args:
-        model: the trained autoencoder (its ``reconstruct`` is called per window batch).
+        model: the trained autoencoder.
         cfg: its training config (preprocessing and ``patch_size``).
         items: from :func:`find_inputs`.
         output_dir: written as ``output_dir/<item.name>.<nii.gz|png|dcm>``.
         fmt: ``"nii"`` (float32, spacing kept), ``"png"`` (2D only, 16-bit, [0, 1] -> 0..65535) or ``"dcm"``
             (Secondary Capture without patient data, 16-bit with a rescale to [0, 1]).
-        inferer: default :func:`sliding_window_inferer` on the model's device.
+        tiling: default :func:`tiling_for` ``(cfg)``.
+        report: also write ``reconstruct_report.json``: each output's seam ratio and the tiling.
 
     Returns:
-        the files written.
+        the image files written.
     """
     from medgen.data.transforms import deterministic_transforms
 
@@ -293,16 +283,33 @@ def reconstruct_items(
     if fmt == "png" and cfg.spatial_dims == 3:
         raise ConfigError("--format png holds 2D images only; use --format nii or dcm for volumes")
     output_dir = Path(output_dir)
-    inferer = inferer or sliding_window_inferer(cfg, _device_of(model))
+    tiling = tiling or tiling_for(cfg)
     chain = deterministic_transforms(cfg, cfg.autoencoder_train.patch_size)
+    factor = cfg.autoencoder_def.downsample_factor
     model.eval()
-    written = []
+    written, seams = [], {}
     for item in tqdm(items, desc="reconstruct", unit="image", disable=not progress, dynamic_ncols=True):
-        x, image_shape, spacing = preprocess(cfg, item, chain)
-        with torch.no_grad():
-            y = inferer(x[None], model.reconstruct)[0]
-        y = _to_image_shape(_plain(y).float(), image_shape, cfg.patch_mode).clamp(0.0, 1.0)
+        x, image_shape, spacing = model_input(cfg, item, chain)
+        with _memory_guard(f"reconstructing {item.name}", x.shape[2:], tiling):
+            z_mu, _ = tiled_encode(model, x, tiling)
+            y = tiled_decode(model, z_mu, tiling)[0]
+        if report:
+            seams[item.name] = {
+                "seam_ratio": seam_ratio(y, output_borders(x.shape[2:], tiling, factor)),
+                "image_shape": list(image_shape), "model_shape": list(x.shape[2:]),
+            }
+        y = _to_image_shape(y.cpu(), image_shape, cfg.patch_mode).clamp(0.0, 1.0)
         written.append(_write(y, item, output_dir, fmt, spacing))
+    if report:
+        ratios = [v["seam_ratio"] for v in seams.values() if math.isfinite(v["seam_ratio"])]
+        summary = {
+            "tile_size": list(tiling.tile), "overlap": list(tiling.overlap),
+            "seam_ratio_mean": float(np.mean(ratios)) if ratios else None,
+            "seam_ratio_max": max(ratios) if ratios else None,
+            "images": seams,
+        }
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(output_dir / REPORT_FILE, json.dumps(summary, indent=2) + "\n")
     return written
 
 
@@ -346,13 +353,14 @@ def encode_items(
     latent_format: str = "pt",
     seed: int = 0,
     progress: bool = True,
+    tiling: Tiling | None = None,
 ) -> dict[str, Any]:
     """Write each item's latents and ``scale_factor.json``.
 
     Each latent file ``output_dir/<item.name>.<pt|npz>`` holds ``z_mu`` ``(latent_channels, *latent_spatial)``
     (float32), ``z`` (one sample, when ``sample``), ``image_shape`` (the spatial shape as read),
-    ``model_shape`` (the shape that was encoded, after padding or resizing), ``spacing``, ``patch_mode``
-    and ``downsample_factor``. See the module docstring for how images larger than the patch are encoded.
+    ``model_shape`` (the shape that was encoded, after padding or resizing), ``spacing``, ``patch_mode``,
+    ``downsample_factor`` and the ``tile_size`` and ``overlap`` it was encoded with.
 
     Args:
         model, cfg: the trained autoencoder and its training config.
@@ -360,6 +368,7 @@ def encode_items(
         sample: also draw ``z = z_mu + z_sigma * eps``; the scale factor is then computed from ``z``.
         latent_format: ``"pt"`` (torch, ``weights_only`` loadable) or ``"npz"``.
         seed: seed of the draws of ``z``.
+        tiling: default :func:`tiling_for` ``(cfg)``.
 
     Returns:
         the content of ``scale_factor.json``: ``scale_factor`` (1 / std), ``std``, ``mean``, ``latent``
@@ -370,27 +379,24 @@ def encode_items(
     if latent_format not in LATENT_FORMATS:
         raise ConfigError(f"--latent-format {latent_format} is not one of {', '.join(LATENT_FORMATS)}")
     output_dir = Path(output_dir)
-    device = _device_of(model)
+    tiling = tiling or tiling_for(cfg)
     factor = cfg.autoencoder_def.downsample_factor
     chain = deterministic_transforms(cfg, cfg.autoencoder_train.patch_size)
-    # pad to a multiple of the downsampling factor so the whole image encodes (crop mode keeps full resolution)
-    pad = DivisiblePad(k=factor)
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
     moments = _RunningMoments()
     model.eval()
     for item in tqdm(items, desc="encode", unit="image", disable=not progress, dynamic_ncols=True):
-        x, image_shape, spacing = preprocess(cfg, item, chain)
-        x = _plain(pad(x))
-        with torch.no_grad():
-            z_mu, z_sigma = model.encode(x[None].to(device))
+        x, image_shape, spacing = model_input(cfg, item, chain)
+        with _memory_guard(f"encoding {item.name}", x.shape[2:], tiling):
+            z_mu, z_sigma = tiled_encode(model, x, tiling)
         record: dict[str, Any] = {"z_mu": z_mu[0].float().cpu()}
         if sample:
-            eps = torch.randn(z_mu.shape, generator=generator, device=device, dtype=z_mu.dtype)
-            record["z"] = (z_mu + z_sigma * eps)[0].float().cpu()
+            eps = torch.randn(record["z_mu"].shape, generator=generator)
+            record["z"] = record["z_mu"] + z_sigma[0].float().cpu() * eps
         moments.add(record["z" if sample else "z_mu"])
         record.update(
-            image_shape=list(image_shape), model_shape=list(x.shape[1:]), spacing=list(spacing),
-            patch_mode=cfg.patch_mode, downsample_factor=factor,
+            image_shape=list(image_shape), model_shape=list(x.shape[2:]), spacing=list(spacing),
+            patch_mode=cfg.patch_mode, downsample_factor=factor, tile_size=list(tiling.tile), overlap=list(tiling.overlap),
         )
         _save_latent(record, output_dir / f"{item.name}.{latent_format}", latent_format)
     stats = {
@@ -408,22 +414,86 @@ def encode_items(
     return stats
 
 
-def decode_latents(model: AutoencoderKL, record: dict[str, Any], key: str = "z_mu") -> torch.Tensor:
+def load_latent(path: str | Path) -> dict[str, Any]:
+    """A latent file written by :func:`encode_items` (``.pt`` or ``.npz``) as a dict."""
+    path = Path(path)
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    record = load_checkpoint(path)
+    if not isinstance(record, dict) or "z_mu" not in record or "image_shape" not in record:
+        raise ConfigError(f"{path} is not a latent file written by `medgen encode` (no z_mu / image_shape)")
+    return record
+
+
+def find_latents(source: str | Path) -> list[tuple[Path, str]]:
+    """``(path, name)`` of the latent files named by ``source``: one ``.pt``/``.npz`` file or a folder of them
+    (searched recursively, as ``encode`` writes them); ``name`` is the path relative to the folder, no suffix."""
+    source = Path(source)
+    if not source.exists():
+        raise MissingInputError(f"--input {source} does not exist; give a latent file or the output folder of `medgen encode`")
+    if source.is_file():
+        return [(source, source.name.rsplit(".", 1)[0])]
+    files = sorted(p for p in source.rglob("*") if p.suffix in (".pt", ".npz") and p.is_file())
+    if not files:
+        raise MissingInputError(f"{source} holds no .pt or .npz latent files; write them with `medgen encode`")
+    return [(p, p.relative_to(source).as_posix().rsplit(".", 1)[0]) for p in files]
+
+
+def decode_latents(
+    model: AutoencoderKL, record: dict[str, Any], key: str = "z_mu", tiling: Tiling | None = None
+) -> torch.Tensor:
     """Decode one latent record written by :func:`encode_items` back to the image's shape.
 
     Args:
         model: the autoencoder that encoded it.
-        record: the loaded ``.pt`` dict (or ``dict(np.load(path.npz))``).
+        record: from :func:`load_latent`.
         key: ``"z_mu"`` or ``"z"``.
+        tiling: image-pixel tiling (default: the record's ``tile_size`` and ``overlap``).
 
     Returns:
         float32 tensor ``(out_channels, *image_shape)`` in [0, 1], on the CPU.
     """
-    z = torch.as_tensor(np.asarray(record[key]) if not isinstance(record[key], torch.Tensor) else record[key])
-    with torch.no_grad():
-        y = model.decode(z[None].to(_device_of(model)).float())[0].float().cpu()
+    if key not in record:
+        raise ConfigError(f"the latent file holds no {key!r} (keys: {', '.join(sorted(record))}); use --latent z_mu"
+                          + (" or encode with --sample" if key == "z" else ""))
+    z = torch.as_tensor(np.asarray(record[key]) if not isinstance(record[key], torch.Tensor) else record[key]).float()
+    if tiling is None:
+        f = downsample_factor(model)
+        tile = record.get("tile_size")
+        tiling = Tiling.of(np.asarray(tile).tolist(), np.asarray(record["overlap"]).tolist(), z.ndim - 1, f) if tile is not None \
+            else Tiling.of([s * f for s in z.shape[1:]], 0, z.ndim - 1, f)  # files of older versions: one tile
+    y = tiled_decode(model, z[None], tiling)[0].cpu()
     shape = [int(s) for s in np.asarray(record["image_shape"]).tolist()]
     return _to_image_shape(y, shape, str(np.asarray(record["patch_mode"]))).clamp(0.0, 1.0)
+
+
+def decode_items(
+    model: AutoencoderKL,
+    cfg: VAEConfig,
+    source: str | Path,
+    output_dir: str | Path,
+    fmt: str = "nii",
+    key: str = "z_mu",
+    tiling: Tiling | None = None,
+    progress: bool = True,
+) -> list[Path]:
+    """Decode the latent files of ``source`` (:func:`find_latents`) into ``output_dir/<name>.<fmt>``, in the
+    encoded image's shape and spacing; with the same tiling as ``reconstruct``, the same images."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt} is not one of {', '.join(FORMATS)}")
+    if fmt == "png" and cfg.spatial_dims == 3:
+        raise ConfigError("--format png holds 2D images only; use --format nii or dcm for volumes")
+    tiling = tiling or tiling_for(cfg)
+    written = []
+    for path, name in tqdm(find_latents(source), desc="decode", unit="image", disable=not progress, dynamic_ncols=True):
+        record = load_latent(path)
+        latent = record[key] if key in record else record["z_mu"]
+        with _memory_guard(f"decoding {path.name}", [s * cfg.autoencoder_def.downsample_factor for s in np.shape(latent)[1:]], tiling):
+            y = decode_latents(model, record, key, tiling)
+        spacing = [float(v) for v in np.asarray(record["spacing"]).tolist()]
+        written.append(_write(y, InputItem(path, name), Path(output_dir), fmt, spacing))
+    return written
 
 
 # ------------------------------------------------------------------------------------------- entry points
@@ -435,15 +505,16 @@ def reconstruct(
     *,
     config: str | Path | None = None,
     device: str | torch.device | None = None,
-    sw_batch_size: int = 4,
-    overlap: float = 0.25,
+    tile_size: int | Sequence[int] | None = None,
+    overlap: float | None = None,
+    norm: str | None = None,
+    report: bool = False,
     progress: bool = True,
 ) -> list[Path]:
     """Load the checkpoint, find the inputs, :func:`reconstruct_items`. Returns the files written."""
     model, cfg = load_model(checkpoint, config, device)
     items = find_inputs(input)
-    inferer = sliding_window_inferer(cfg, _device_of(model), sw_batch_size, overlap)
-    return reconstruct_items(model, cfg, items, output_dir, fmt, inferer, progress)
+    return reconstruct_items(model, cfg, items, output_dir, fmt, tiling_for(cfg, tile_size, overlap, norm), progress, report)
 
 
 def encode(
@@ -456,8 +527,31 @@ def encode(
     config: str | Path | None = None,
     device: str | torch.device | None = None,
     seed: int = 0,
+    tile_size: int | Sequence[int] | None = None,
+    overlap: float | None = None,
+    norm: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Load the checkpoint, find the inputs, :func:`encode_items`. Returns the scale-factor statistics."""
     model, cfg = load_model(checkpoint, config, device)
-    return encode_items(model, cfg, find_inputs(input), output_dir, sample, latent_format, seed, progress)
+    return encode_items(model, cfg, find_inputs(input), output_dir, sample, latent_format, seed, progress,
+                        tiling_for(cfg, tile_size, overlap, norm))
+
+
+def decode(
+    checkpoint: str | Path,
+    input: str | Path,
+    output_dir: str | Path,
+    fmt: str = "nii",
+    *,
+    key: str = "z_mu",
+    config: str | Path | None = None,
+    device: str | torch.device | None = None,
+    tile_size: int | Sequence[int] | None = None,
+    overlap: float | None = None,
+    norm: str | None = None,
+    progress: bool = True,
+) -> list[Path]:
+    """Load the checkpoint, :func:`decode_items` of the latent file or folder ``input``. Returns the files written."""
+    model, cfg = load_model(checkpoint, config, device)
+    return decode_items(model, cfg, input, output_dir, fmt, key, tiling_for(cfg, tile_size, overlap, norm), progress)

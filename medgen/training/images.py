@@ -28,11 +28,21 @@ def as_2d(image: torch.Tensor) -> torch.Tensor:
     return tri_planar(image) if image.ndim == 4 else image
 
 
-def comparison_grid(columns: Sequence[torch.Tensor], max_rows: int = 8, gap: int = 2) -> torch.Tensor:
+def fit(image: torch.Tensor, size: int = 256) -> torch.Tensor:
+    """(C, *spatial) scaled down (area averaging, aspect kept) so that no side exceeds ``size``."""
+    scale = size / max(image.shape[1:])
+    if scale >= 1:
+        return image
+    shape = [max(1, round(s * scale)) for s in image.shape[1:]]
+    return F.interpolate(image[None].float(), size=shape, mode="area")[0]
+
+
+def comparison_grid(columns: Sequence[Sequence[torch.Tensor] | torch.Tensor], max_rows: int = 8, gap: int = 2) -> torch.Tensor:
     """One row per sample, one column per tensor (e.g. input, reconstruction).
 
     Args:
-        columns: tensors (B, C, *spatial) in [0, 1]; only the first channel is shown.
+        columns: per column a batch (B, C, *spatial) or a list of (C, *spatial) images of any sizes, in [0, 1];
+            only the first channel is shown.
     Returns:
         (1, H, W) float tensor in [0, 1] for ``SummaryWriter.add_image``.
     """

@@ -12,12 +12,15 @@ from torch import nn
 
 from medgen.config import VAEConfig
 from medgen.data.datasets import build_dataset, make_val_loader, shard
+from medgen.data.transforms import deterministic_transforms
+from medgen.data.whole import model_input, to_image_shape
 from medgen.losses.vae import adversarial_loss, build_perceptual_loss, kl_loss, reconstruction_loss
 from medgen.metrics import psnr, ssim
 from medgen.models.autoencoder import build_autoencoder, build_discriminator
+from medgen.models.tiled import default_tiling, tiled_decode, tiled_encode
 from medgen.training.base import Trainer, adam, lr_scheduler, wrap_ddp
 from medgen.training.distributed import all_gather_objects, all_reduce_sum
-from medgen.training.images import comparison_grid
+from medgen.training.images import comparison_grid, fit
 
 
 class VAETrainer(Trainer):
@@ -66,8 +69,8 @@ class VAETrainer(Trainer):
         self.disc_ddp = wrap_ddp(self.discriminator, self.dist)
 
     def on_data(self) -> None:
-        val_shard = shard(self.val_items, self.dist.rank, self.dist.world_size)
-        self.val_ds = build_dataset(self.cfg, val_shard, self.patch_size, train=False, rank=self.dist.rank)
+        self.val_shard = shard(self.val_items, self.dist.rank, self.dist.world_size)
+        self.val_ds = build_dataset(self.cfg, self.val_shard, self.patch_size, train=False, rank=self.dist.rank)
 
     @property
     def adversarial(self) -> bool:
@@ -117,11 +120,13 @@ class VAETrainer(Trainer):
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """PSNR, SSIM and L1 of reconstructions (z_mu decoded) over the whole validation set, all ranks."""
+        """PSNR, SSIM and L1 of reconstructions (z_mu decoded) over the whole validation set, all ranks: on the
+        validation patches, and with ``val_full_images`` also on the whole images, tiled as ``medgen reconstruct``
+        runs them (``full_psnr``, ``full_ssim``; the grid then shows whole images)."""
         if not self.val_items:
             return {}
         self.autoencoder.eval()
-        sums = torch.zeros(4, dtype=torch.float64, device=self.dist.device)  # psnr, ssim, l1, count
+        sums = torch.zeros(6, dtype=torch.float64, device=self.dist.device)  # psnr, ssim, l1, count, full psnr, full ssim
         shown = None
         loader = make_val_loader(self.cfg, self.val_ds, self.cfg.autoencoder_train.batch_size)
         for batch in loader:
@@ -135,22 +140,45 @@ class VAETrainer(Trainer):
             sums[3] += x.shape[0]
             if shown is None:
                 k = self.cfg.num_val_images  # plain tensors: they are gathered from every rank
-                shown = (x[:k].cpu().as_subclass(torch.Tensor), rec[:k].cpu().as_subclass(torch.Tensor))
+                shown = [(a.cpu(), b.cpu()) for a, b in zip(x[:k].as_subclass(torch.Tensor), rec[:k].as_subclass(torch.Tensor))]
+        if self.cfg.val_full_images:
+            shown = self._validate_whole(sums)
         all_reduce_sum(sums)
         # the grid shows num_val_images images from all ranks' shards, not only rank 0's
-        gathered = [g for g in all_gather_objects(shown) if g is not None]  # [shown] in one process
-        if gathered:
-            k = self.cfg.num_val_images
-            shown = (torch.cat([g[0] for g in gathered])[:k], torch.cat([g[1] for g in gathered])[:k])
+        pairs = [p for g in all_gather_objects(shown) if g for p in g][: self.cfg.num_val_images]
         self.autoencoder.train()
         n = max(sums[3].item(), 1.0)
         metrics = {"psnr": sums[0].item() / n, "ssim": sums[1].item() / n, "l1": sums[2].item() / n, "count": int(sums[3].item())}
+        if self.cfg.val_full_images:
+            metrics.update(full_psnr=sums[4].item() / len(self.val_items), full_ssim=sums[5].item() / len(self.val_items))
         if self.dist.is_main and self.writer is not None:
-            for k in ("psnr", "ssim", "l1"):
-                self.writer.add_scalar(f"val/{k}", metrics[k], self.global_step)
-            if shown is not None:
-                self.writer.add_image("val/input_vs_reconstruction", comparison_grid(shown), self.global_step)
+            for k in ("psnr", "ssim", "l1", "full_psnr", "full_ssim"):
+                if k in metrics:
+                    self.writer.add_scalar(f"val/{k}", metrics[k], self.global_step)
+            if pairs:
+                grid = comparison_grid([[p[0] for p in pairs], [p[1] for p in pairs]])
+                self.writer.add_image("val/input_vs_reconstruction", grid, self.global_step)
         return metrics
+
+    def _validate_whole(self, sums: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Whole-image PSNR/SSIM of this rank's validation images into ``sums[4:6]``; returns the first
+        ``num_val_images`` (input, reconstruction) pairs, scaled to fit the grid."""
+        cfg = self.cfg
+        tiling = default_tiling(cfg.autoencoder_train.patch_size, cfg.autoencoder_def.downsample_factor)
+        chain = deterministic_transforms(cfg, cfg.autoencoder_train.patch_size)
+        shown = []
+        for item in self.val_shard:
+            x, image_shape, _ = model_input(cfg, item["image"], chain)
+            x = x.to(self.dist.device)
+            with self.precision.autocast():
+                rec = tiled_decode(self.autoencoder, tiled_encode(self.autoencoder, x, tiling)[0], tiling)
+            x = to_image_shape(x[0], image_shape, cfg.patch_mode)[None]
+            rec = to_image_shape(rec[0].float().clamp(0, 1), image_shape, cfg.patch_mode)[None]
+            sums[4] += psnr(rec, x, reduction="none").clamp(max=100.0).sum().double()
+            sums[5] += ssim(rec, x, reduction="none").sum().double()
+            if len(shown) < cfg.num_val_images:
+                shown.append((fit(x[0].cpu()), fit(rec[0].cpu())))
+        return shown
 
     def describe_metrics(self, metrics: dict[str, float]) -> str:
         if "psnr" in metrics and "ssim" in metrics:

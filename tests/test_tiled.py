@@ -1,0 +1,137 @@
+"""Tiled encode/decode (medgen.models.tiled): equal to the whole-image pass where the model allows it,
+bounded work per tile, seams measured, and `medgen decode` as the reverse of `medgen encode`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY
+from medgen.cli import main
+from medgen.config import AutoencoderDef, load_config, to_dict
+from medgen.io import read_image, write_image
+from medgen.io.checkpoint import save_checkpoint
+from medgen.models.autoencoder import build_autoencoder
+from medgen.models.tiled import Tiling, output_borders, seam_ratio, tile_grid, tiled_decode, tiled_encode, tiled_reconstruct
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _model(dims: int, attention: bool) -> torch.nn.Module:
+    torch.manual_seed(0)
+    ae = AutoencoderDef(spatial_dims=dims, channels=(8, 16), latent_channels=2, num_res_blocks=1, norm_num_groups=4,
+                        attention_levels=(False, attention), with_encoder_nonlocal_attn=attention,
+                        with_decoder_nonlocal_attn=attention)
+    return build_autoencoder(ae).eval()
+
+
+def _smooth(shape, seed=0) -> torch.Tensor:
+    """A smooth random image (1, 1, *shape) in [0, 1] with some fine texture."""
+    rng = np.random.default_rng(seed)
+    grids = np.meshgrid(*[np.linspace(0, 1, s) for s in shape], indexing="ij")
+    img = sum(np.sin((3 + 2 * i) * np.pi * g + rng.uniform(0, 6)) for i, g in enumerate(grids))
+    img = 0.5 + 0.15 * img + 0.03 * rng.normal(size=shape)
+    return torch.as_tensor(img, dtype=torch.float32).clamp(0, 1)[None, None]
+
+
+# the overlap covers the tiny model's receptive field (about 11 pixels) beyond the cross-fade
+@pytest.mark.parametrize("dims, shape, tile, overlap", [(2, (96, 136), 64, 48), (3, (72, 20, 24), 56, 48)])
+def test_without_attention_tiles_equal_the_whole_image(dims, shape, tile, overlap):
+    model = _model(dims, attention=False)
+    x = _smooth(shape)
+    tiling = Tiling.of(tile, overlap, dims, align=2, norm="image")
+    assert len(tile_grid(shape, tiling, 2)[0].starts) >= 3
+    with torch.no_grad():
+        z_whole, s_whole = model.encode(x)
+        y_whole = model.decode(z_whole)
+    z, s = tiled_encode(model, x, tiling)
+    torch.testing.assert_close(z, z_whole, atol=1e-4, rtol=0)
+    torch.testing.assert_close(s, s_whole, atol=1e-4, rtol=0)
+    y = tiled_decode(model, z_whole, tiling)
+    assert (y - y_whole).abs().max() < 1e-3
+    assert (tiled_reconstruct(model, x, tiling) - y_whole).abs().max() < 1e-3
+
+
+def test_each_tile_runs_alone_through_the_network(monkeypatch):
+    """No layer ever sees more than one tile: the work per step is bounded by the tile, not by the image."""
+    model = _model(2, attention=True)
+    seen = []
+    conv_in = model.encoder.blocks[0]
+    conv_in.register_forward_hook(lambda m, inp, out: seen.append(tuple(inp[0].shape[2:])))
+    attn_sizes = []
+    for block in model.encoder.blocks:
+        if type(block).__name__ == "SpatialAttentionBlock":
+            block.attn.register_forward_hook(lambda m, inp, out: attn_sizes.append(inp[0].shape[1]))
+    tiled_encode(model, _smooth((128, 96)), Tiling.of(32, 0.25, 2, align=2))
+    assert seen and all(s[0] <= 32 and s[1] <= 32 for s in seen)
+    assert len(seen) == len(tile_grid((128, 96), Tiling.of(32, 0.25, 2, align=2), 2)[0].starts) * 4  # 96 -> 4 tiles
+    assert attn_sizes and max(attn_sizes) <= 16 * 16  # tokens per attention call: one latent tile
+
+
+@pytest.mark.parametrize("norm", ["image", "tile"])
+def test_seams_stay_invisible_with_attention(norm):
+    model = _model(2, attention=True)
+    x = _smooth((256, 192), seed=3)
+    tiling = Tiling.of(64, 0.5, 2, align=2, norm=norm)
+    y = tiled_reconstruct(model, x, tiling)[0]
+    borders = output_borders((256, 192), tiling, 2)
+    assert len(borders[0]) >= 3 and len(borders[1]) >= 2
+    assert seam_ratio(y, borders) <= 1.10
+
+
+def test_seam_ratio_sees_a_seam():
+    x = _smooth((128, 128))[0]
+    borders = [[32, 64, 96], []]
+    assert seam_ratio(x, borders) == pytest.approx(1.0, abs=0.25)
+    seamed = x.clone()
+    seamed[:, 32:64, :] += 0.05  # one tile brighter than its neighbours
+    assert seam_ratio(seamed, borders) > 1.5
+
+
+def _checkpoint(path: Path, *overrides: str) -> Path:
+    cfg = load_config(ROOT / "vae_config.json", [*TINY, *overrides])
+    torch.manual_seed(0)
+    model = build_autoencoder(cfg.autoencoder_def)
+    return save_checkpoint({"autoencoder": model.state_dict(), "config": to_dict(cfg), "epoch": 1}, path)
+
+
+@pytest.mark.parametrize("dims, shape", [(2, (70, 90)), (3, (36, 20, 40))])
+def test_decode_of_encode_is_reconstruct(tmp_path, dims, shape):
+    extra = [] if dims == 2 else ["spatial_dims=3", "autoencoder_def.spatial_dims=3", "autoencoder_train.patch_size=[16,16,16]"]
+    ckpt = _checkpoint(tmp_path / "ae.pt", *extra)
+    image = write_image((_smooth(shape)[0] * 1000).numpy(), tmp_path / "in" / "case.nii.gz", spacing=(0.3,) * dims)
+    common = ["--checkpoint", str(ckpt), "--tile-size", "32" if dims == 2 else "16"]
+    assert main(["encode", *common, "--input", str(image), "--output", str(tmp_path / "lat")]) == 0
+    assert main(["reconstruct", *common, "--input", str(image), "--output", str(tmp_path / "rec"), "--report"]) == 0
+    assert main(["decode", *common, "--input", str(tmp_path / "lat"), "--output", str(tmp_path / "dec")]) == 0
+    rec, rec_spacing = read_image(tmp_path / "rec" / "case.nii.gz")
+    dec, dec_spacing = read_image(tmp_path / "dec" / "case.nii.gz")
+    assert rec.shape == dec.shape == (1, *shape)
+    assert np.abs(rec - dec).max() <= 1e-4
+    assert dec_spacing == pytest.approx(rec_spacing, abs=1e-6)
+    assert dec_spacing == pytest.approx((0.3,) * dims, abs=1e-6)
+    report = json.loads((tmp_path / "rec" / "reconstruct_report.json").read_text())
+    assert report["tile_size"] == [32] * 2 if dims == 2 else [16] * 3
+    assert np.isfinite(report["images"]["case"]["seam_ratio"])
+
+
+def test_out_of_memory_names_the_setting_to_lower(tmp_path, monkeypatch, capsys):
+    import medgen.inference.autoencoder as inference
+
+    ckpt = _checkpoint(tmp_path / "ae.pt")
+    image = write_image((_smooth((64, 64))[0] * 1000).numpy(), tmp_path / "pano.nii.gz")
+
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried "
+                           "to allocate 279257288704 bytes")
+
+    monkeypatch.setattr(inference, "tiled_encode", no_memory)
+    assert main(["encode", "--checkpoint", str(ckpt), "--input", str(image), "--output", str(tmp_path / "o"),
+                 "--tile-size", "64"]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("medgen")]
+    assert len(lines) == 1 and "lower --tile-size" in lines[0] and "pano" in lines[0] and "64x64" in lines[0]
