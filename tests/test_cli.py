@@ -16,7 +16,8 @@ import pytest
 from conftest import ROOT, TINY
 from medgen.cli import build_parser, main
 
-SUBCOMMANDS = ("demo-data", "check-data", "train-vae", "train-wgan", "reconstruct", "encode", "sample", "fit-decoder")
+SUBCOMMANDS = ("demo-data", "check-data", "train-vae", "train-wgan", "reconstruct", "encode", "sample", "fit-decoder",
+               "weights")
 
 
 PROGRESS = re.compile(r"\d+%\|")  # a tqdm bar (data scan, epochs) drawn before the interruption
@@ -42,6 +43,7 @@ BAD_ARGUMENTS = {
     "encode": ["encode", "--checkpoint", "c.pt", "--output", "o"],
     "sample": ["sample", "--checkpoint", "c.pt", "--count", "3.5", "--output", "o"],
     "fit-decoder": ["fit-decoder", "--input", "x.png", "--output", "o.png", "--steps", "-"],
+    "weights": ["weights", "fetch"],
 }
 
 
@@ -67,6 +69,7 @@ def _missing(tmp_path: Path) -> dict[str, list[str]]:
         "encode": ["encode", "--checkpoint", str(nowhere / "best.pt"), "--input", str(a_file), "--output", str(tmp_path / "o")],
         "sample": ["sample", "--checkpoint", str(nowhere / "last.pt"), "--count", "2", "--output", str(tmp_path / "o")],
         "fit-decoder": ["fit-decoder", "--input", str(nowhere / "pano.png"), "--output", str(tmp_path / "o.png")],
+        "weights": ["weights", "import", str(nowhere / "radimagenet_resnet50.tar")],
     }
 
 
@@ -87,6 +90,7 @@ INTERRUPT_AT = {
     "encode": "medgen.inference.autoencoder.preprocess",
     "sample": "medgen.inference.sample.generate",
     "fit-decoder": "medgen.inference.fit_decoder.fit_decoder",
+    "weights": "medgen.io.weights._download",
 }
 
 
@@ -117,6 +121,7 @@ def _runs(command: str, tmp_path: Path, demo2d: Path, checkpoints) -> list[str]:
         "encode": ["encode", "--checkpoint", str(vae), "--input", str(image), "--output", str(tmp_path / "o")],
         "sample": ["sample", "--checkpoint", str(wgan), "--count", "2", "--output", str(tmp_path / "o")],
         "fit-decoder": ["fit-decoder", "--input", str(image), "--output", str(tmp_path / "o.png")],
+        "weights": ["weights", "fetch", "radimagenet_resnet50", "--to", str(tmp_path / "weights")],
     }[command]
 
 
