@@ -23,6 +23,91 @@ TINY = [
 ]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def weights_home(tmp_path_factory) -> Path:
+    """An empty weights directory (MEDGEN_HOME) for the whole run, subprocesses included: no test sees the
+    networks of the user running the tests, and none reads a replaced registry unless it sets one."""
+    saved = {k: os.environ.get(k) for k in ("MEDGEN_HOME", "MEDGEN_WEIGHTS_REGISTRY")}
+    os.environ["MEDGEN_HOME"] = str(tmp_path_factory.mktemp("medgen_home"))
+    os.environ.pop("MEDGEN_WEIGHTS_REGISTRY", None)
+    yield Path(os.environ["MEDGEN_HOME"])
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+# Stand-ins for MONAI's perceptual networks, in the code layout of the torch hub repository MONAI loads them from:
+# hubconf.py imports each entry point from its model module, which reads its weights from
+# <hub>/monai_checkpoints/ (where the real code reads them). The networks are small: RadImageNet 3 -> 4 channels
+# in 2D, MedicalNet 1 -> 4 channels in 3D.
+_STAND_IN_CODE = {
+    "hubconf.py": """
+        dependencies = ["torch"]
+        from medicalnet.resnet import medicalnet_resnet10_23datasets, medicalnet_resnet50_23datasets
+        from radimagenet.resnet import radimagenet_resnet50
+    """,
+    "radimagenet/resnet.py": """
+        import os
+        import torch
+
+        def net():
+            return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3, padding=1))
+
+        def radimagenet_resnet50(cache_dir=None, file_name="RadImageNet-ResNet50_notop.pth"):
+            model = net()
+            model.load_state_dict(torch.load(os.path.join(cache_dir, "monai_checkpoints", file_name), weights_only=True))
+            return model
+    """,
+    "medicalnet/resnet.py": """
+        import os
+        import torch
+
+        def net():
+            return torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv3d(4, 4, 3, padding=1))
+
+        def _load(cache_dir, filename):
+            model = net()
+            state = torch.load(os.path.join(cache_dir, "monai_checkpoints", filename), weights_only=True)["state_dict"]
+            model.load_state_dict({k.replace("module.", ""): v for k, v in state.items()})
+            return model
+
+        def medicalnet_resnet10_23datasets(cache_dir=None, filename="medicalnet_resnet_10_23dataset.pth"):
+            return _load(cache_dir, filename)
+
+        def medicalnet_resnet50_23datasets(cache_dir=None, filename="medicalnet_resnet50_23datasets.pth"):
+            return _load(cache_dir, filename)
+    """,
+    "LICENSE": "stand-in for the repository's license",
+}
+
+
+def stand_in_weights(home: Path) -> Path:
+    """A weights directory holding stand-ins of MONAI's three hub networks under their real names, in the
+    real layout (the registry's paths); returns ``home``."""
+    import textwrap
+
+    import torch
+
+    from medgen.io.weights import HUB_CHECKOUT
+
+    checkout = home / "hub" / HUB_CHECKOUT
+    for rel, text in _STAND_IN_CODE.items():
+        (checkout / rel).parent.mkdir(parents=True, exist_ok=True)
+        (checkout / rel).write_text(textwrap.dedent(text))
+    torch.manual_seed(0)
+    net2d = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3, padding=1))
+    net3d = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv3d(4, 4, 3, padding=1))
+    checkpoints = home / "hub" / "monai_checkpoints"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    torch.save(net2d.state_dict(), checkpoints / "RadImageNet-ResNet50_notop.pth")
+    medicalnet = {"state_dict": {f"module.{k}": v for k, v in net3d.state_dict().items()}}  # saved from DataParallel
+    torch.save(medicalnet, checkpoints / "medicalnet_resnet_10_23dataset.pth")
+    torch.save(medicalnet, checkpoints / "medicalnet_resnet50_23datasets.pth")
+    return home
+
+
 @pytest.fixture(scope="session")
 def demo2d(tmp_path_factory) -> Path:
     from medgen.data.demo import write_demo_dataset

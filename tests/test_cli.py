@@ -16,7 +16,8 @@ import pytest
 from conftest import ROOT, TINY
 from medgen.cli import build_parser, main
 
-SUBCOMMANDS = ("demo-data", "check-data", "train-vae", "train-wgan", "reconstruct", "encode", "decode", "sample", "fit-decoder")
+SUBCOMMANDS = ("demo-data", "check-data", "train-vae", "train-wgan", "reconstruct", "encode", "decode", "sample",
+               "fit-decoder", "weights")
 
 
 PROGRESS = re.compile(r"\d+%\|")  # a tqdm bar (data scan, epochs) drawn before the interruption
@@ -43,6 +44,7 @@ BAD_ARGUMENTS = {
     "decode": ["decode", "--checkpoint", "c.pt", "--input", "lat", "--output", "o", "--tile-size", "big"],
     "sample": ["sample", "--checkpoint", "c.pt", "--count", "3.5", "--output", "o"],
     "fit-decoder": ["fit-decoder", "--input", "x.png", "--output", "o.png", "--steps", "-"],
+    "weights": ["weights", "fetch"],
 }
 
 
@@ -69,6 +71,7 @@ def _missing(tmp_path: Path) -> dict[str, list[str]]:
         "decode": ["decode", "--checkpoint", str(nowhere / "best.pt"), "--input", str(a_file), "--output", str(tmp_path / "o")],
         "sample": ["sample", "--checkpoint", str(nowhere / "last.pt"), "--count", "2", "--output", str(tmp_path / "o")],
         "fit-decoder": ["fit-decoder", "--input", str(nowhere / "pano.png"), "--output", str(tmp_path / "o.png")],
+        "weights": ["weights", "import", str(nowhere / "radimagenet_resnet50.tar")],
     }
 
 
@@ -90,6 +93,7 @@ INTERRUPT_AT = {
     "decode": "medgen.inference.autoencoder.decode_latents",
     "sample": "medgen.inference.sample.generate",
     "fit-decoder": "medgen.inference.fit_decoder.fit_decoder",
+    "weights": "medgen.io.weights._download",
 }
 
 
@@ -121,6 +125,7 @@ def _runs(command: str, tmp_path: Path, demo2d: Path, checkpoints) -> list[str]:
         "decode": ["decode", "--checkpoint", str(vae), "--input", "LATENTS", "--output", str(tmp_path / "o")],
         "sample": ["sample", "--checkpoint", str(wgan), "--count", "2", "--output", str(tmp_path / "o")],
         "fit-decoder": ["fit-decoder", "--input", str(image), "--output", str(tmp_path / "o.png")],
+        "weights": ["weights", "fetch", "radimagenet_resnet50", "--to", str(tmp_path / "weights")],
     }[command]
     if command == "decode":  # latents to decode: written before the command under test runs
         return [str(_latents(vae, image, tmp_path)) if a == "LATENTS" else a for a in argv]

@@ -7,7 +7,7 @@ import textwrap
 import pytest
 import torch
 
-from conftest import TINY
+from conftest import TINY, stand_in_weights
 from medgen.config import AutoencoderTrain, ConfigError
 from medgen.losses.vae import build_perceptual_loss
 from conftest import train_vae as main
@@ -24,7 +24,7 @@ def test_missing_weights_stop_training_before_the_first_step(demo2d, tmp_path, c
     assert main(["vae_config.json", *[f"--set={s}" for s in sets]]) == 2
     err = capsys.readouterr().err
     assert "perceptual_weight=1.0" in err and "perceptual_cache_dir" in err and "perceptual_weight=0" in err
-    assert "never downloads" in err
+    assert "never downloads" in err and "medgen weights fetch radimagenet_resnet50" in err
     assert not (run / "checkpoints").exists()
 
 
@@ -34,24 +34,18 @@ def test_torchvision_network_without_a_weights_file_is_refused(tmp_path):
         build_perceptual_loss(train, spatial_dims=2)
 
 
+def test_a_weights_file_is_for_resnet50_only(tmp_path):
+    train = AutoencoderTrain(perceptual_weights=str(tmp_path / "radimagenet.pth"))
+    with pytest.raises(ConfigError, match="perceptual_weights applies to perceptual_network='resnet50' only"):
+        build_perceptual_loss(train, spatial_dims=2)
+
+
 def _stand_in_hub_cache(hub) -> None:
-    """A hub cache as torch.hub leaves it after a first (online) load of MONAI's perceptual networks: the
-    checkout of the repository MONAI loads them from, with a hubconf.py whose entry points build small networks
-    under the real names (2D RadImageNet: 3 input channels; 3D MedicalNet: 1 channel, 3D convolutions)."""
-    repo = hub / "Project-MONAI_perceptual-models_main"
-    repo.mkdir(parents=True)
-    (repo / "hubconf.py").write_text(textwrap.dedent("""
-        import torch
-        dependencies = ["torch"]
-
-        def radimagenet_resnet50(verbose=False, **kwargs):
-            torch.manual_seed(0)
-            return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3, padding=1))
-
-        def medicalnet_resnet10_23datasets(verbose=False, **kwargs):
-            torch.manual_seed(0)
-            return torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv3d(4, 4, 3, padding=1))
-    """))
+    """A hub cache as torch hub and MONAI's loaders leave it after a first (online) load of MONAI's perceptual
+    networks: the checkout of the repository MONAI loads them from, and the weights beside it, under the real
+    names (stand-ins: 2D RadImageNet with 3 input channels; 3D MedicalNet with 1 channel, 3D convolutions)."""
+    stand_in_weights(hub.parent)
+    assert hub == hub.parent / "hub"
 
 
 def test_network_from_a_local_torch_hub_cache_loads_offline(tmp_path):
@@ -96,7 +90,7 @@ def test_medgen_looks_for_the_hub_repository_monai_loads_from():
 
     import monai.losses.perceptual as perceptual
 
-    from medgen.losses.vae import MONAI_HUB_REPO
+    from medgen.io.weights import MONAI_HUB_REPO
 
     source = inspect.getsource(perceptual)
     assert f'torch.hub.load(\n            "{MONAI_HUB_REPO}:main"' in source  # fixed ref: no default-branch lookup online

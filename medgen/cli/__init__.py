@@ -24,6 +24,7 @@ COMMANDS = (
     "medgen.cli.data",  # demo-data, check-data
     "medgen.cli.train",  # train-vae, train-wgan
     "medgen.cli.infer",  # reconstruct, encode, sample, fit-decoder
+    "medgen.cli.weights",  # weights list / fetch / export / import / verify
 )
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C

@@ -62,6 +62,27 @@ def _checked_size(cfg) -> list[int] | None:
     return list(section.patch_size) if section is not None else list(cfg.patch_size)
 
 
+def _network_notes(cfg) -> list[str]:
+    """Whether the pretrained networks a config trains with are in the weights directory (training stops
+    before its first step without them); a note beside the data report, which alone sets the exit code."""
+    notes = []
+    train = getattr(cfg, "autoencoder_train", None)
+    if train is not None and train.perceptual_weight > 0:
+        from medgen.losses.vae import missing_perceptual_weights
+
+        problem = missing_perceptual_weights(train)
+        notes.append(f"perceptual network {train.perceptual_network}: " + (
+            f"missing, training would stop: {problem}; see `medgen weights list`" if problem else "on this machine"))
+    features = getattr(getattr(cfg, "wgan_train", None), "fid_feature_weights", None)
+    if features:
+        from medgen.metrics import feature_network_problem
+
+        problem = feature_network_problem(features)
+        notes.append(f"FID/KID feature network {features}: " + (
+            f"missing, training would stop: {problem}" if problem else "on this machine"))
+    return notes
+
+
 def check_data(args: argparse.Namespace) -> int:
     from medgen.data.check import format_report, scan_files, write_report_json
     from medgen.io.discovery import data_source
@@ -74,6 +95,8 @@ def check_data(args: argparse.Namespace) -> int:
     reports = scan_files(source.items, source.base, spatial_dims, patch_size, workers=args.workers,
                          cache_path=args.cache, progress=sys.stderr.isatty())
     print(format_report(reports))
+    for line in _network_notes(source.config):
+        print(line)
     if args.json:
         settings = {"spatial_dims": spatial_dims, "patch_size": patch_size}
         print(f"Report written to {write_report_json(reports, args.json, settings)}")

@@ -77,9 +77,9 @@ class AutoencoderTrain:
     weight_decay: float = 0.0
     lr_scheduler: Literal["constant", "cosine"] = "constant"  # cosine decays to 0 over max_epochs
     grad_clip: float | None = None  # max gradient norm for both networks (null: off)
-    perceptual_network: str = "radimagenet_resnet50"  # MONAI PerceptualLoss network_type
-    perceptual_weights: str | None = None  # local weights file (for torchvision-based networks such as resnet50)
-    perceptual_cache_dir: str | None = None  # torch hub cache holding the network (default: $TORCH_HOME/hub)
+    perceptual_network: str = "radimagenet_resnet50"  # MONAI PerceptualLoss network_type (`medgen weights list`)
+    perceptual_weights: str | None = None  # resnet50 only: a weights file instead of the weights directory's
+    perceptual_cache_dir: str | None = None  # a torch hub directory instead of the weights directory's ($MEDGEN_HOME/hub)
     fake_3d_ratio: float = 0.5  # fraction of slices used by the 2.5D perceptual loss on volumes
 
     def validate(self, spatial_dims: int, ae: AutoencoderDef, prefix: str = "autoencoder_train.") -> None:

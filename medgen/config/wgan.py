@@ -115,7 +115,7 @@ class WGANTrain:
     grad_clip: float | None = None  # max gradient norm for both networks (1.0 is a common choice for GANs); null: off
     val_interval: int = 1  # sample grid and sample-quality measures every N epochs
     num_eval_samples: int = 256  # generated images compared with (up to as many) held-out real images
-    fid_feature_weights: str | None = None  # local feature network file for FID/KID (TorchScript or state dict); null: FID off
+    fid_feature_weights: str | None = None  # FID/KID feature network: a local file (TorchScript or state dict) or a name from `medgen weights list`; null: FID off
     fid_feature_model: str | None = None  # for a state-dict file: "package.module:factory" building the network
     fid_in_channels: int | None = None  # channels the feature network expects (3 for ImageNet networks); null: 1
     fid_input_size: int | None = None  # images resized to this before the feature network (e.g. 299); null: as is
@@ -145,10 +145,13 @@ class WGANTrain:
             raise ConfigError(f"{prefix}grad_clip={self.grad_clip} must be positive (e.g. 1.0), or null for off")
         if self.num_eval_samples < 2:
             raise ConfigError(f"{prefix}num_eval_samples={self.num_eval_samples} must be at least 2")
-        if self.fid_feature_weights is not None and not Path(self.fid_feature_weights).expanduser().is_file():
+        # a path must exist; a name (no '/', '.' or '~') is looked up in the weights registry when training starts
+        weights = self.fid_feature_weights
+        if weights is not None and any(c in weights for c in "/\\.~") and not Path(weights).expanduser().is_file():
             raise ConfigError(
-                f"{prefix}fid_feature_weights={self.fid_feature_weights} does not exist; give a local feature network "
-                "file (medgen never downloads weights), or null to log only the weight-free measures"
+                f"{prefix}fid_feature_weights={weights} does not exist; give a local feature network file or a "
+                "network name from `medgen weights list` (medgen never downloads weights), or null to log only the "
+                "weight-free measures"
             )
         for name in ("fid_in_channels", "fid_input_size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:

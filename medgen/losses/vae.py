@@ -10,22 +10,18 @@ from pathlib import Path
 import torch
 from monai.losses import PatchAdversarialLoss, PerceptualLoss
 from monai.losses.perceptual import HF_MONAI_MODELS
+from monai.utils import OptionalImportError
 from torch import nn
 
 from medgen.config import AutoencoderTrain, ConfigError
+from medgen.io import weights
 
-# MONAI's perceptual networks served by torch hub (monai.losses.perceptual loads them from MONAI_HUB_REPO at
-# ref main); the 3D ones (medicalnet_*) compare whole volumes, the others 2D images or slices of volumes.
+# MONAI's perceptual networks served by torch hub (monai.losses.perceptual loads them from weights.MONAI_HUB_REPO
+# at ref main); the 3D ones (medicalnet_*) compare whole volumes, the others 2D images or slices of volumes.
 HUB_NETWORKS = tuple(sorted(HF_MONAI_MODELS))
-MONAI_HUB_REPO = "Project-MONAI/perceptual-models"
-# MONAI networks built from torchvision/lpips, whose weights come from a local file (pretrained_path).
+# MONAI networks built by torchvision (resnet50) or lpips on torchvision (alex, vgg, squeeze); their weights are
+# torchvision's files, read from the hub directory's checkpoints/ (resnet50: or autoencoder_train.perceptual_weights).
 LOCAL_FILE_NETWORKS = ("resnet50", "alex", "vgg", "squeeze")
-
-
-def hub_checkout(hub_dir: str | Path) -> Path:
-    """Where torch hub keeps its checkout of MONAI's perceptual-network repository under ``hub_dir``."""
-    owner, name = MONAI_HUB_REPO.split("/")
-    return Path(hub_dir) / f"{owner}_{name}_main"
 
 
 def kl_loss(z_mu: torch.Tensor, z_sigma: torch.Tensor) -> torch.Tensor:
@@ -58,6 +54,8 @@ def _hub_offline(hub_dir: str | None):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Setting cache_dir to")  # restored below
             warnings.filterwarnings("ignore", message="MedicalNet networks support channel-wise loss")
+            # MONAI's hub code passes no hash to its file check; medgen checks at fetch, import and verify
+            warnings.filterwarnings("ignore", message="No hash value provided")
             yield
     finally:
         torch.hub.set_dir(previous_dir)
@@ -67,51 +65,89 @@ def _hub_offline(hub_dir: str | None):
             os.environ["HF_HUB_OFFLINE"] = previous_hf
 
 
+def _hub_dir(train: AutoencoderTrain) -> tuple[Path, str]:
+    """The torch hub directory the perceptual network is read from, and how to name it in a message."""
+    if train.perceptual_cache_dir:
+        return Path(train.perceptual_cache_dir).expanduser(), f"autoencoder_train.perceptual_cache_dir={train.perceptual_cache_dir}"
+    home = weights.weights_home()
+    return weights.hub_dir(home), f"the weights directory {home}"
+
+
+def _own_file(train: AutoencoderTrain) -> Path | None:
+    """The weights file ``perceptual_weights`` names instead of the hub directory's (resnet50 only)."""
+    if train.perceptual_network == "resnet50" and train.perceptual_weights is not None:
+        return Path(train.perceptual_weights).expanduser()
+    return None
+
+
 def _missing_weights(train: AutoencoderTrain, what: str) -> ConfigError:
     net = train.perceptual_network
-    args = f"spatial_dims=3, is_fake_3d=False, network_type='{net}'" if net.startswith("medicalnet_") else f"spatial_dims=2, network_type='{net}'"
+    key = "perceptual_weights" if _own_file(train) else "perceptual_cache_dir" if train.perceptual_cache_dir else None
+    into = f" (into {weights.weights_home()}: set autoencoder_train.{key}=null to use it)" if key else ""
     return ConfigError(
         f"autoencoder_train.perceptual_weight={train.perceptual_weight} needs the weights of perceptual network "
-        f"{train.perceptual_network!r}, but {what}. medgen never downloads at run time: on a machine with internet, "
-        f"run `TORCH_HOME=DIR python -c \"import monai; monai.losses.PerceptualLoss({args})\"` and set autoencoder_train.perceptual_cache_dir=DIR/hub, "
-        "or set autoencoder_train.perceptual_weights to a local weights file (torchvision networks), "
+        f"{net!r}, but {what}. medgen never downloads at run time: {weights.how_to_get(net)}{into}; "
         "or set autoencoder_train.perceptual_weight=0 to train without it"
     )
+
+
+def missing_perceptual_weights(train: AutoencoderTrain) -> str | None:
+    """Why the configured perceptual network cannot load from this machine (its first missing file), or None
+    when every file it needs is here (or ``perceptual_weight`` is 0)."""
+    if train.perceptual_weight == 0:
+        return None
+    own = _own_file(train)
+    if own is not None:
+        return None if own.is_file() else f"autoencoder_train.perceptual_weights={train.perceptual_weights!r} is not a file"
+    hub, where = _hub_dir(train)
+    files = [f.in_hub(hub) for f in weights.network(train.perceptual_network).weights_first]
+    missing = [p for p in files if not p.is_file()]
+    return f"{where} has no {missing[0]}" if missing else None
 
 
 def build_perceptual_loss(train: AutoencoderTrain, spatial_dims: int) -> nn.Module | None:
     """MONAI ``PerceptualLoss`` with locally available weights; None when ``perceptual_weight`` is 0.
 
-    Raises ConfigError before training starts when the weights are not on this machine.
+    The network is read from the weights directory (``$MEDGEN_HOME/hub``, a torch hub directory), or from
+    ``perceptual_cache_dir`` / ``perceptual_weights`` when set. Raises ConfigError before training starts when
+    a file it needs is not on this machine: it is checked before MONAI's loader runs, which would download it.
     """
     if train.perceptual_weight == 0:
         return None
     net = train.perceptual_network
+    if net not in (*HUB_NETWORKS, *LOCAL_FILE_NETWORKS):
+        known = ", ".join([*HUB_NETWORKS, *LOCAL_FILE_NETWORKS])
+        raise ConfigError(f"autoencoder_train.perceptual_network={net!r} is not one of {known}")
     medicalnet = net.startswith("medicalnet_")
     if medicalnet and spatial_dims != 3:
         raise ConfigError(
             f"autoencoder_train.perceptual_network={net!r} compares 3D volumes but spatial_dims={spatial_dims}; "
             "use radimagenet_resnet50 for 2D images"
         )
+    if train.perceptual_weights is not None and net != "resnet50":
+        raise ConfigError(
+            f"autoencoder_train.perceptual_weights applies to perceptual_network='resnet50' only; {net!r} reads its "
+            "files from the weights directory (`medgen weights list`): set autoencoder_train.perceptual_weights=null"
+        )
+    missing = missing_perceptual_weights(train)
+    if missing:
+        raise _missing_weights(train, missing)
     # medicalnet networks see whole volumes; 2D networks see images, or slices of volumes (2.5D)
     kwargs = dict(spatial_dims=spatial_dims, network_type=net, is_fake_3d=spatial_dims == 3 and not medicalnet,
                   fake_3d_ratio=train.fake_3d_ratio)
-    if net in HUB_NETWORKS:
-        hub_dir = str(train.perceptual_cache_dir or torch.hub.get_dir())
-        if not (hub_checkout(hub_dir) / "hubconf.py").is_file():
-            raise _missing_weights(train, f"the torch hub cache {hub_dir} has no {MONAI_HUB_REPO} repository")
-        try:
-            with _hub_offline(hub_dir):
-                loss = PerceptualLoss(**kwargs, cache_dir=hub_dir)
-        except Exception as e:  # the hub entry point failed to find its weights offline
-            raise _missing_weights(train, f"loading it from {hub_dir} failed ({type(e).__name__}: {e})") from e
-    elif net in LOCAL_FILE_NETWORKS:
-        path = train.perceptual_weights
-        if path is None or not Path(path).is_file():
-            raise _missing_weights(train, f"autoencoder_train.perceptual_weights={path!r} is not a file")
-        with _hub_offline(None):
-            loss = PerceptualLoss(**kwargs, pretrained=True, pretrained_path=path)
-    else:
-        known = ", ".join([*HUB_NETWORKS, *LOCAL_FILE_NETWORKS])
-        raise ConfigError(f"autoencoder_train.perceptual_network={net!r} is not one of {known}")
+    hub, where = _hub_dir(train)
+    try:
+        with _hub_offline(str(hub)):
+            if net == "resnet50":
+                path = _own_file(train) or weights.network(net).weights.in_hub(hub)
+                loss = PerceptualLoss(**kwargs, pretrained=True, pretrained_path=str(path))
+            else:  # MONAI's own loaders read the hub directory: the hub checkout, or torchvision's checkpoints/
+                loss = PerceptualLoss(**kwargs, cache_dir=str(hub))
+    except OptionalImportError as e:
+        package = "lpips" if net in ("alex", "vgg", "squeeze") else "torchvision"
+        raise ConfigError(f"autoencoder_train.perceptual_network={net!r} needs the {package} package ({e}): "
+                          f"`pip install {package}`, or choose radimagenet_resnet50") from None
+    except Exception as e:  # a file is there but is not what the loader expects
+        raise _missing_weights(train, f"loading it from {where} failed ({type(e).__name__}: {e}); "
+                                      "`medgen weights verify` checks its files") from e
     return loss.eval().requires_grad_(False)

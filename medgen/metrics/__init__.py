@@ -1,8 +1,9 @@
-"""Sample and reconstruction quality: PSNR/SSIM, weight-free diversity and histogram distances, FID/KID."""
+"""Sample and reconstruction quality: PSNR/SSIM, weight-free diversity and histogram distances, FID/KID (on a
+feature network from a local file or from the weights directory)."""
 
 from __future__ import annotations
 
-from .feature_extractor import FeatureExtractor
+from .feature_extractor import FeatureExtractor, feature_network_problem
 from .fid import fid, kid, polynomial_kernel
 from .image_quality import (
     histogram_intersection,
@@ -15,6 +16,7 @@ from .image_quality import (
 
 __all__ = [
     "FeatureExtractor",
+    "feature_network_problem",
     "fid",
     "kid",
     "polynomial_kernel",

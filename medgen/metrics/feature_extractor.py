@@ -1,6 +1,8 @@
-"""Feature network for FID/KID, loaded only from a local file the user names (never downloaded).
+"""Feature network for FID/KID, loaded only from this machine (never downloaded).
 
-Two file kinds are accepted:
+It is named by a network from the weights registry (``medgen weights list``, e.g. ``radimagenet_resnet50``,
+read from the weights directory with the preprocessing it was trained with), or by a local file of one of
+two kinds:
 
 - a TorchScript archive (``torch.jit.save``), e.g. an Inception or RadImageNet network exported once by the
   user; it needs no model code;
@@ -20,9 +22,38 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from medgen.io import weights
 from medgen.io.checkpoint import without_prefix
 
-__all__ = ["FeatureExtractor"]
+__all__ = ["FeatureExtractor", "feature_network_problem"]
+
+
+def _network_name(path: str | os.PathLike) -> str | None:
+    """``path`` as the name of a registry feature network: it is not a file, and the registry knows it."""
+    text = str(path)
+    if Path(text).expanduser().is_file() or text not in weights.registry():
+        return None
+    return text
+
+
+def _feature_names() -> str:
+    return ", ".join(n.name for n in weights.registry().values() if n.feature_defaults is not None)
+
+
+def feature_network_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` (a file, or a network name from the registry) cannot give FID/KID features on this
+    machine, or None when it can; checks presence only, so every rank can call it before training starts."""
+    name = _network_name(path)
+    if name is not None:
+        if weights.network(name).feature_defaults is None:
+            return f"{name} is not a feature network; feature networks: {_feature_names()}"
+        missing = weights.network(name).missing()
+        return f"{name} is not in the weights directory {weights.weights_home()} (no {missing[0]}); " \
+               f"{weights.how_to_get(name)}" if missing else None
+    if not Path(path).expanduser().is_file():
+        return (f"{path} is neither a file nor a feature network from `medgen weights list` ({_feature_names()}); "
+                "medgen never downloads weights")
+    return None
 
 
 def _resolve_model(model: nn.Module | str | Callable[[], nn.Module]) -> nn.Module:
@@ -62,6 +93,29 @@ def _load_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
     return state
 
 
+def _load_file(path: Path, model: nn.Module | str | Callable[[], nn.Module] | None) -> nn.Module:
+    """The network in a TorchScript file, or ``model`` with the state dict in ``path``."""
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Feature network weights not found at '{path}'. FID/KID need a feature network saved locally "
+            "(a TorchScript file from torch.jit.save, or a state dict plus the model that loads it) or a network "
+            f"from `medgen weights list` ({_feature_names()}); medgen never downloads weights. Point the "
+            "feature-network path in your config at it, or leave it empty to log only the weight-free measures "
+            "(SSIM diversity, histogram distances)."
+        )
+    if model is None:
+        try:
+            return torch.jit.load(str(path), map_location="cpu")
+        except Exception as err:  # RuntimeError for non-TorchScript zips, others for garbage
+            raise ValueError(
+                f"FeatureExtractor: {path} is not a TorchScript archive ({err}). If it is a state dict, "
+                "also name the model it belongs to (model='package.module:factory')."
+            ) from err
+    net = _resolve_model(model)
+    net.load_state_dict(_load_state_dict(path))
+    return net
+
+
 class FeatureExtractor(nn.Module):
     """Turn image batches into (N, D) feature vectors for :func:`medgen.metrics.fid` / :func:`medgen.metrics.kid`.
 
@@ -70,7 +124,9 @@ class FeatureExtractor(nn.Module):
     without gradients, and spatial outputs are global-average pooled.
 
     Args:
-        path: local file with the network weights (TorchScript archive, or a state dict when ``model`` is given).
+        path: a feature network from the weights registry (e.g. ``"radimagenet_resnet50"``; its preprocessing is
+            the default for ``in_channels``, ``mean`` and ``std``), or a local file with the network weights
+            (TorchScript archive, or a state dict when ``model`` is given).
         model: for a state-dict file, the module (or a callable / ``"package.module:factory"`` building it).
         in_channels: channels the network expects; a 1-channel batch is repeated to this many (None: unchanged).
         input_size: resize images to this spatial size before the network (None: unchanged).
@@ -80,7 +136,8 @@ class FeatureExtractor(nn.Module):
         device: device the network runs on (default CPU).
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
+        FileNotFoundError: ``path`` is neither a file nor a registry network.
+        medgen.io.weights.WeightsError: the registry network is not in the weights directory.
         ValueError: the file cannot be read as TorchScript (and no ``model`` was given) or as a state dict.
 
     Shapes:
@@ -99,26 +156,22 @@ class FeatureExtractor(nn.Module):
         device: torch.device | str = "cpu",
     ) -> None:
         super().__init__()
-        path = Path(path).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"Feature network weights not found at '{path}'. FID/KID need a feature network saved locally "
-                "(a TorchScript file from torch.jit.save, or a state dict plus the model that loads it); medgen "
-                "never downloads weights. Point the feature-network path in your config at that file, or leave it "
-                "empty to log only the weight-free measures (SSIM diversity, histogram distances)."
-            )
-        self.path = path
-        if model is None:
-            try:
-                net = torch.jit.load(str(path), map_location="cpu")
-            except Exception as err:  # RuntimeError for non-TorchScript zips, others for garbage
-                raise ValueError(
-                    f"FeatureExtractor: {path} is not a TorchScript archive ({err}). If it is a state dict, "
-                    "also name the model it belongs to (model='package.module:factory')."
-                ) from err
+        name = _network_name(path)
+        if name is not None:  # a registry network, built by its own loader from the weights directory
+            problem = feature_network_problem(name)
+            if problem:
+                raise weights.WeightsError(f"FID/KID feature network {problem}")
+            if model is not None:
+                raise ValueError(f"FeatureExtractor: a model ({model!r}) goes with a state-dict file, not with the "
+                                 f"registry network {name}; leave it out")
+            defaults = weights.network(name).feature_defaults
+            in_channels = defaults["in_channels"] if in_channels is None else in_channels
+            if mean is None and std is None:
+                mean, std = defaults["mean"], defaults["std"]
+            net = weights.load_network(name)
         else:
-            net = _resolve_model(model)
-            net.load_state_dict(_load_state_dict(path))
+            net = _load_file(Path(path).expanduser(), model)
+        self.path = Path(name or path)
         self.net = net.to(device).eval()
         self.device = torch.device(device)
         self.in_channels = in_channels

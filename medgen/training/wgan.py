@@ -27,7 +27,7 @@ from medgen.losses.adversarial import (
     wgan_critic_loss,
     wgan_generator_loss,
 )
-from medgen.metrics import FeatureExtractor, fid, histogram_intersection, histogram_wasserstein, kid, ssim_diversity
+from medgen.metrics import FeatureExtractor, feature_network_problem, fid, histogram_intersection, histogram_wasserstein, kid, ssim_diversity
 from medgen.models.wgan import build_critic, build_generator
 from medgen.training.base import Trainer, adam, lr_scheduler, wrap_ddp
 
@@ -74,6 +74,10 @@ class WGANTrainer(Trainer):
     def build(self) -> None:
         cfg, t, dev = self.cfg, self.cfg.wgan_train, self.dist.device
         self.method = self.method_name = t.method
+        # the feature network loads at the first validation; whether it is on this machine is known now
+        problem = t.fid_feature_weights and feature_network_problem(t.fid_feature_weights)
+        if problem:
+            raise ConfigError(f"wgan_train.fid_feature_weights={t.fid_feature_weights}: {problem}")
         try:
             self.generator = build_generator(cfg.generator.network_section(), t.image_size).to(dev)
             self.critic = build_critic(cfg.critic.network_section(), t.image_size).to(dev)
