@@ -4,12 +4,28 @@ Two contenders read the same files in one run:
 
 - **bare pydicom**, the lower bound of work: ``pydicom.dcmread(path).pixel_array`` for every file, in a
   plain loop in this process (no modality LUT, no MONOCHROME1 inversion, no windowing, no batching).
-- **medgen**, exactly as training uses it: ``build_dataset(cfg, items, patch_size, train=True)`` and, per
-  epoch, ``make_train_loader(cfg, dataset, batch_size, epoch, rank=0, world_size=1)`` with the config's
-  ``num_workers``, ``cache="disk"`` in a fresh temporary ``cache_dir`` and the config's transforms (read ->
-  percentile window -> pad/resize -> random crop). The first epoch decodes every file and fills the cache;
-  the later ones read the cache. The first-epoch time includes ``build_dataset`` and every epoch's time
-  includes starting its loader workers, since training pays both.
+- **medgen**, exactly as training uses it: ``build_dataset(cfg, items, patch_size, train=True)`` and one
+  ``make_train_loader(cfg, dataset, batch_size, 0, rank=0, world_size=1)`` whose workers persist across
+  epochs (``loader.sampler.set_epoch(epoch)``), with the config's ``num_workers``, ``cache="disk"`` in a fresh
+  temporary ``cache_dir`` and the config's transforms. The first epoch decodes every file (read, window from
+  the value counts) and writes the cache; the later ones cut each patch out of the memory-mapped cache entry
+  and window only the patch. The first-epoch time includes ``build_dataset`` and starting the workers, since
+  training pays both.
+
+Besides images/s it reports, per patch of a cached epoch:
+
+- ``patch_mb``: the patch at the cache's stored width (e.g. 128^3 int16 = 4.2 MB), what crop-at-read copies
+  out of the memory map;
+- ``read_mb_cold``: the bytes actually read from disk (``read_bytes`` of ``/proc/self/io``) in one more cached
+  epoch run in this process after the cache files were dropped from the page cache (``posix_fadvise
+  DONTNEED``): the cost when the cache does not fit in RAM. Whole 4 KiB pages are read, so a patch whose rows
+  are shorter than a page reads more than its bytes (a 2048-wide uint16 radiograph stores one 4 KiB row per
+  page, so a 256-wide patch reads 8x its bytes; a 128^3 patch of a 256^3 int16 volume reads about 2x).
+
+and ``cache_ratio``: the pixel data in the cache over the decoded source data (stored samples at
+BitsAllocated); each entry adds a .npy header and a JSON trailer of a few hundred bytes (``cache_bytes``).
+``first_epoch_ms_per_item`` splits a first epoch's work on 8 items, timed one by one in this process: bare
+pydicom, medgen's decode (read, window) and the cache write.
 
 Rounds alternate between the two contenders (bare pass, then medgen's K epochs from an empty cache) so that
 load from other processes hits both alike; the first round is a warm-up (imports, page cache) and is
@@ -40,20 +56,26 @@ so that, as with real 2D data, each file is its own image and not a slice of a v
 by 256 x 256 patches (the CR files are padded up to it); ``--patch-size 256 256`` pads all but one source.
 
 For realistic sizes, benchmark a folder of your own (``--data DIR``: ``DIR/edente`` and/or ``DIR/dente``,
-or images directly in ``DIR``) or a synthetic one, e.g. ``medgen demo-data /tmp/demo --size 1024 --count 32``.
-The folder should hold only usable images (``medgen check-data DIR`` first): the bare loop stops on the
-first file pydicom cannot read. Series folders (3D) count as one item; pass three ``--patch-size`` values.
+or images directly in ``DIR``) or a synthetic one. The folder should hold only usable images (``medgen
+check-data DIR`` first): the bare loop stops on the first file pydicom cannot read. Series folders (3D) count as
+one item; pass three ``--patch-size`` values. The recorded cases, radiograph-sized 2D and CBCT-like 3D:
 
-    python benchmarks/bench_data.py --json benchmarks/results/data_cpu.json
-    python benchmarks/bench_data.py --data /path/to/dicoms --workers 4 --epochs 4 --patch-size 256 256
+    medgen demo-data /tmp/d2 --size 2048 --count 32                    # 64 x 2048^2 uint16 DICOM
+    python benchmarks/bench_data.py --data /tmp/d2 --workers 2 --epochs 3 --patch-size 256 256 --batch 8 \
+        --json benchmarks/results/data_cpu.json
+    medgen demo-data /tmp/d3 --spatial-dims 3 --size 256 --count 8     # 16 x 256^3 int16 series
+    python benchmarks/bench_data.py --data /tmp/d3 --workers 2 --epochs 3 --patch-size 128 128 128 --batch 2 \
+        --json benchmarks/results/data_3d_cpu.json
 
-Targets: ``first_epoch_ratio = medgen_first / bare >= 0.8`` and
-``cached_speedup = medgen_cached / medgen_first >= 5``.
+Targets, 2D: ``first_epoch_ratio = medgen_first / bare >= 0.5``, ``cached_ratio = medgen_cached / bare >= 2``;
+3D: ``cached_speedup = medgen_cached / medgen_first >= 5``, ``read_ratio = read_mb_cold / patch_mb <= 2``;
+both: ``cache_ratio <= 1``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -64,13 +86,17 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import torch
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from medgen.config import load_config
+from medgen.data.cache import DiskImageCache
 from medgen.data.datasets import build_dataset, make_train_loader
+from medgen.data.transforms import decode
+from medgen.io.discovery import item_signature
 from medgen.io.reader import find_images
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,7 +110,11 @@ DEFAULT_FILES = (
     "dicomdirtests/77654033/CR3/6278",
 )
 CLASSES = ("edente", "dente")
-FIRST_EPOCH_TARGET, CACHED_SPEEDUP_TARGET = 0.8, 5.0
+# (ratio, at least or at most, value) per case
+TARGETS = {
+    2: {"first_epoch_ratio": (">=", 0.5), "cached_ratio": (">=", 2.0), "cache_ratio": ("<=", 1.0)},
+    3: {"cached_speedup": (">=", 5.0), "read_ratio": ("<=", 2.0), "cache_ratio": ("<=", 1.0)},
+}
 
 
 def build_default_set(out: Path, copies: int) -> list[dict]:
@@ -134,6 +164,17 @@ def dicom_files(item: str) -> list[str]:
     return sorted(str(f) for f in p.iterdir() if f.is_file()) if p.is_dir() else [item]
 
 
+def decoded_bytes(files_per_item: list[list[str]]) -> int:
+    """The size of the decoded source data: every file's samples at BitsAllocated."""
+    total = 0
+    for files in files_per_item:
+        for f in files:
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+            samples = int(ds.Rows) * int(ds.Columns) * int(ds.get("NumberOfFrames", 1) or 1) * int(ds.get("SamplesPerPixel", 1))
+            total += samples * int(ds.BitsAllocated) // 8
+    return total
+
+
 def bare_pass(files_per_item: list[list[str]]) -> float:
     """Seconds to dcmread + pixel_array every file, in this process."""
     start = time.perf_counter()
@@ -152,9 +193,11 @@ def medgen_pass(cfg, items: list[dict], patch: tuple[int, ...], epochs: int, bat
     times, n = [], 0
     start = time.perf_counter()
     dataset = build_dataset(cfg, items, patch, train=True)
+    loader = make_train_loader(cfg, dataset, batch_size, 0, rank=0, world_size=1)  # one loader, as training
     for epoch in range(epochs):
         n = 0
-        for batch in make_train_loader(cfg, dataset, batch_size, epoch, rank=0, world_size=1):
+        loader.sampler.set_epoch(epoch)
+        for batch in loader:
             n += batch["image"].shape[0]
             if tuple(batch["image"].shape[2:]) != patch:
                 raise RuntimeError(f"medgen's loader gave a batch of shape {tuple(batch['image'].shape)}, not patches of {patch}")
@@ -162,6 +205,70 @@ def medgen_pass(cfg, items: list[dict], patch: tuple[int, ...], epochs: int, bat
         times.append(now - start)
         start = now
     return times, n
+
+
+def _read_bytes() -> int | None:
+    try:
+        for line in Path("/proc/self/io").read_text().splitlines():
+            if line.startswith("read_bytes:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def first_epoch_parts(cfg, items: list[dict], files_per_item: list[list[str]], patch: tuple[int, ...], folder: Path,
+                      n: int = 8) -> dict:
+    """Median milliseconds per item, in this process, of what a first epoch does with an image: ``bare`` (pydicom
+    alone), ``decode`` (read, window) and ``write`` (its cache entry, into a fresh folder)."""
+    parts = {"bare": [], "decode": [], "write": []}
+    cache = DiskImageCache(folder, lambda path: decode(path, cfg, patch))
+    for item, files in list(zip(items, files_per_item))[:n]:
+        t0 = time.perf_counter()
+        bare_pass([files])
+        t1 = time.perf_counter()
+        image = decode(item["image"], cfg, patch)
+        t2 = time.perf_counter()
+        cache.put(item["image"], image, item_signature(item["image"]))
+        t3 = time.perf_counter()
+        parts["bare"].append(t1 - t0)
+        parts["decode"].append(t2 - t1)
+        parts["write"].append(t3 - t2)
+    shutil.rmtree(folder, ignore_errors=True)
+    return {k: 1e3 * statistics.median(v) for k, v in parts.items()}
+
+
+def cache_figures(cfg, items: list[dict], patch: tuple[int, ...], batch_size: int) -> dict:
+    """Size, stored types and bytes per patch of the filled cache in ``cfg.cache_dir`` (see the module docstring).
+
+    ``read_mb_cold`` comes from one more cached epoch in this process (no workers, so /proc/self/io counts its
+    reads) after every cache file was dropped from the page cache; None where that cannot be measured.
+    """
+    entries = sorted(Path(cfg.cache_dir).rglob("*.npy"))
+    arrays = [np.load(e, mmap_mode="r") for e in entries]
+    patch_bytes = [np.prod([min(p, s) for p, s in zip(patch, a.shape)]) * a.itemsize for a in arrays]
+    pixel_bytes, dtypes = sum(a.nbytes for a in arrays), sorted({str(a.dtype) for a in arrays})
+    del arrays
+    for e in entries:
+        fd = os.open(e, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # dirty pages (entries just written) would stay in the page cache
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    serial = dataclasses.replace(cfg, num_workers=0)
+    dataset = build_dataset(serial, items, patch, train=True)
+    before = _read_bytes()
+    for _ in make_train_loader(serial, dataset, batch_size, 1, rank=0, world_size=1):
+        pass
+    after = _read_bytes()
+    return {
+        "cache_bytes": sum(e.stat().st_size for e in entries),
+        "cache_pixel_bytes": pixel_bytes,
+        "cache_dtypes": dtypes,
+        "patch_mb": float(np.mean(patch_bytes)) / 1e6,
+        "read_mb_cold": None if before is None or after is None else (after - before) / len(items) / 1e6,
+    }
 
 
 def main(argv=None) -> dict:
@@ -193,6 +300,7 @@ def main(argv=None) -> dict:
         items = find_items(base)
         files_per_item = [dicom_files(it["image"]) for it in items]
         n_bytes = sum(os.path.getsize(f) for files in files_per_item for f in files)
+        source_bytes = decoded_bytes(files_per_item)
         overrides = [
             f"data_base_dir={base}", f"run_dir={tmp / 'run'}", "cache=disk", "data_source=both",
             f"spatial_dims={len(patch)}", f"autoencoder_def.spatial_dims={len(patch)}",
@@ -206,13 +314,16 @@ def main(argv=None) -> dict:
         batch_size = cfg.autoencoder_train.batch_size
 
         load_before = os.getloadavg()
-        bare_s, first_s, cached_s = [], [], []
+        bare_s, first_s, cached_s, figures = [], [], [], {}
         for r in range(args.rounds + 1):  # round 0 warms up imports and the page cache
             b = bare_pass(files_per_item)
             cfg.cache_dir = str(tmp / f"cache{r}")  # empty: the first epoch decodes and fills it
             epochs, n = medgen_pass(cfg, items, patch, args.epochs, batch_size)
             if n != len(items):
                 raise RuntimeError(f"medgen's loader gave {n} images per epoch for {len(items)} items")
+            if r == args.rounds:  # after the timed rounds: this pass evicts the cache from the page cache
+                figures = cache_figures(cfg, items, patch, batch_size)
+                figures["first_epoch_ms_per_item"] = first_epoch_parts(cfg, items, files_per_item, patch, tmp / "parts")
             shutil.rmtree(cfg.cache_dir, ignore_errors=True)
             if r:
                 bare_s.append(b)
@@ -226,6 +337,15 @@ def main(argv=None) -> dict:
     bare = n / statistics.median(bare_s)
     first = n / statistics.median(first_s)
     cached = n / statistics.median(cached_s)
+    ratios = {
+        "first_epoch_ratio": first / bare,
+        "cached_ratio": cached / bare,
+        "cached_speedup": cached / first,
+        "read_ratio": None if figures["read_mb_cold"] is None else figures["read_mb_cold"] / figures["patch_mb"],
+        "cache_ratio": figures["cache_pixel_bytes"] / source_bytes,
+    }
+    targets = TARGETS[len(patch)]
+    met = {k: ratios[k] is not None and (ratios[k] >= v if op == ">=" else ratios[k] <= v) for k, (op, v) in targets.items()}
     result = {
         "benchmark": "data_loading",
         "device": "cpu",
@@ -241,6 +361,7 @@ def main(argv=None) -> dict:
         "items": n,
         "files": sum(len(f) for f in files_per_item),
         "bytes": n_bytes,
+        "decoded_source_bytes": source_bytes,
         "patch_size": list(patch),
         "patch_mode": cfg.patch_mode,
         "augment": cfg.augment,
@@ -251,11 +372,10 @@ def main(argv=None) -> dict:
         "bare_imgs_per_s": bare,
         "medgen_first_epoch_imgs_per_s": first,
         "medgen_cached_epoch_imgs_per_s": cached,
-        "first_epoch_ratio": first / bare,
-        "cached_speedup": cached / first,
-        "targets": {"first_epoch_ratio": FIRST_EPOCH_TARGET, "cached_speedup": CACHED_SPEEDUP_TARGET},
-        "targets_met": {"first_epoch_ratio": first / bare >= FIRST_EPOCH_TARGET,
-                        "cached_speedup": cached / first >= CACHED_SPEEDUP_TARGET},
+        **figures,
+        **ratios,
+        "targets": {k: f"{op} {v}" for k, (op, v) in targets.items()},
+        "targets_met": met,
         "seconds_per_round": {"bare": bare_s, "medgen_first": first_s, "medgen_cached_mean": cached_s},
     }
     print(f"{n} items, {result['files']} files, patch {list(patch)}, {cfg.num_workers} workers, "
@@ -264,8 +384,17 @@ def main(argv=None) -> dict:
     print(f"{'bare pydicom':<28}{bare:>10.1f}")
     print(f"{'medgen, first epoch':<28}{first:>10.1f}")
     print(f"{'medgen, cached epochs':<28}{cached:>10.1f}")
-    print(f"first_epoch_ratio {result['first_epoch_ratio']:.2f} (target >= {FIRST_EPOCH_TARGET}), "
-          f"cached_speedup {result['cached_speedup']:.2f} (target >= {CACHED_SPEEDUP_TARGET})")
+    cold = "n/a" if figures["read_mb_cold"] is None else f"{figures['read_mb_cold']:.3f}"
+    print(f"per patch: {figures['patch_mb']:.3f} MB at stored width ({', '.join(figures['cache_dtypes'])}), "
+          f"{cold} MB read from disk with a cold cache")
+    parts = figures["first_epoch_ms_per_item"]
+    print(f"first epoch per item in one process: bare pydicom {parts['bare']:.1f} ms, medgen decode (read, window) "
+          f"{parts['decode']:.1f} ms + cache write {parts['write']:.1f} ms")
+    print(f"cache: {figures['cache_pixel_bytes'] / 1e6:.1f} MB of pixels (+ {(figures['cache_bytes'] - figures['cache_pixel_bytes']) / 1e3:.1f} kB "
+          f"of headers) for {source_bytes / 1e6:.1f} MB of decoded source data")
+    for k, v in ratios.items():
+        target = f" (target {targets[k][0]} {targets[k][1]}: {'met' if met[k] else 'NOT met'})" if k in targets else ""
+        print(f"{k} {'n/a' if v is None else f'{v:.2f}'}{target}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -1,11 +1,14 @@
-"""The decoded-image cache: one change stamp per item (every file of a series), shared with the data check."""
+"""The decoded-image disk cache: one change stamp per item (every file of a series), shared with the data check;
+stored integers memory-mapped, patches cut at read equal to the uncached chain's; persistent seeded workers."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pydicom
+import pytest
 import torch
 
 from conftest import TINY
@@ -14,6 +17,7 @@ from medgen.data.check import scan_files
 from medgen.data.datasets import build_dataset, make_train_loader
 from medgen.data.demo import write_demo_dataset
 from medgen.io.discovery import item_signature
+from medgen.io.reader import find_images
 
 SETS_3D = [*TINY, "spatial_dims=3", "autoencoder_def.spatial_dims=3", "autoencoder_train.patch_size=[16,16,16]",
            "cache=disk", "data_source=edente"]
@@ -37,7 +41,7 @@ def test_editing_one_slice_of_a_cached_series_is_read_at_the_next_epoch(tmp_path
 
     first = epoch(0)
     assert torch.equal(epoch(1), first)  # served from the cache
-    cached = sorted((tmp_path / "run" / "cache").rglob("*.pt"))
+    cached = sorted((tmp_path / "run" / "cache").rglob("*.npy"))
     assert len(cached) == 1
 
     folder_mtime, stamp = os.stat(series).st_mtime_ns, item_signature(series)
@@ -64,3 +68,100 @@ def test_data_check_cache_notices_an_edited_slice(tmp_path):
     first_slice.write_bytes(first_slice.read_bytes()[:400])  # and now one slice is cut short, in place
     report = scan_files([series], data, 3, None, workers=0, cache_path=cache)[0]
     assert not report.ok and report.reason == "truncated", report
+
+
+# ------------------------------------------------------------------------------------- the memory-mapped cache
+def _pair(tmp_path, data, dims: int, patch, extra=()):
+    """An uncached dataset (the reference chain) and a disk-cached one over the same items and settings."""
+    items = [{"image": str(p), "label": "x"} for p in find_images(data)]
+    sets = [*TINY, f"data_base_dir={data}", f"run_dir={tmp_path / 'run'}", f"spatial_dims={dims}",
+            f"autoencoder_def.spatial_dims={dims}", f"autoencoder_train.patch_size={list(patch)}", *extra]
+    return items, load_config("vae_config.json", [*sets, "cache=none"]), load_config("vae_config.json", [*sets, "cache=disk"])
+
+
+@pytest.mark.parametrize("dims, patch, extra", [
+    (2, (32, 48), []),  # 40x40 images: cropped along one axis, padded along the other
+    (2, (32, 48), ["augment=true"]),
+    (2, (24, 24), ["patch_mode=resize", "augment=true"]),
+    (3, (8, 20, 12), []),  # 16^3 volumes, padded along one axis
+])
+def test_cached_patches_equal_the_uncached_ones(demo2d, demo3d, tmp_path, dims, patch, extra):
+    items, plain, cached = _pair(tmp_path, demo2d if dims == 2 else demo3d, dims, patch, extra)
+    for train in (True, False):
+        reference = build_dataset(plain, items, patch, train=train)
+        for attempt in ("decoded now", "read from the cache"):
+            dataset = build_dataset(cached, items, patch, train=train)
+            for i in range(len(items)):
+                key = (3, i) if train else i  # training items seeded by (epoch, index), as the loader asks
+                want, got = reference[key], dataset[key]
+                assert got["image"].shape == (1, *patch)
+                assert torch.equal(torch.as_tensor(want["image"]), got["image"]), (attempt, train, i)
+                assert torch.equal(want["image_spacing"], got["image_spacing"])
+
+
+def test_the_cache_holds_stored_integers_memory_mapped_and_no_more_than_the_source(demo2d, demo3d, tmp_path):
+    for data, dims, patch, dtype in [(demo2d, 2, (32, 32), np.uint16), (demo3d, 3, (8, 8, 8), np.int16)]:
+        items, _, cfg = _pair(tmp_path / str(dims), data, dims, patch)
+        dataset = build_dataset(cfg, items, patch, train=True)
+        dataset[0, 0]
+        (entry,) = (tmp_path / str(dims) / "run" / "cache").rglob("*.npy")
+        stored = np.load(entry, mmap_mode="r")  # an ordinary .npy: the trailer follows the array data
+        pixels = sum(int(np.prod(pydicom.dcmread(f).pixel_array.shape)) * 2 for f in dicom_files(items[0]["image"]))
+        assert stored.dtype == dtype and stored.nbytes == pixels
+        assert entry.stat().st_size < pixels + 1024  # header and trailer only
+        image = dataset.base.cache.get(items[0]["image"])  # read back: a read-only view of the mapped file
+        assert not image.pixels.values.flags.writeable and not image.pixels.values.flags.owndata
+        assert image.window is not None and image.window[0] < image.window[1]
+
+
+def dicom_files(item: str) -> list:
+    p = Path(item)
+    return sorted(p.iterdir()) if p.is_dir() else [p]
+
+
+@pytest.mark.parametrize("damage", ["cut short", "garbage", "empty"])
+def test_a_damaged_cache_entry_is_decoded_again(demo2d, tmp_path, damage, caplog):
+    items, _, cfg = _pair(tmp_path, demo2d, 2, (32, 32))
+    first = build_dataset(cfg, items, (32, 32), train=True)[0, 0]["image"]
+    (entry,) = (tmp_path / "run" / "cache").rglob("*.npy")
+    whole = entry.read_bytes()
+    entry.write_bytes({"cut short": whole[: len(whole) // 2], "garbage": b"\x93NUMPY" + os.urandom(300), "empty": b""}[damage])
+    with caplog.at_level("WARNING", logger="medgen.data"):
+        again = build_dataset(cfg, items, (32, 32), train=True)[0, 0]["image"]
+    assert torch.equal(again, first)
+    assert "damaged" in caplog.text and entry.name in caplog.text
+    assert entry.read_bytes() == whole  # rewritten whole
+
+
+def test_a_cache_that_cannot_be_written_warns_once_and_training_goes_on(demo2d, tmp_path, monkeypatch, caplog):
+    items, _, cfg = _pair(tmp_path, demo2d, 2, (32, 32))
+    dataset = build_dataset(cfg, items, (32, 32), train=True)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np.lib.format, "write_array", disk_full)
+    with caplog.at_level("WARNING", logger="medgen.data"):
+        patches = [dataset[0, i]["image"] for i in range(3)]
+    assert all(p.shape == (1, 32, 32) for p in patches)
+    assert caplog.text.count("cannot write the image cache") == 1 and "cache_dir" in caplog.text
+    assert not list((tmp_path / "run" / "cache").rglob("*"))[1:]  # the folder only: nothing half-written
+
+
+def test_persistent_workers_give_the_patches_of_a_single_process(demo2d, tmp_path):
+    items, _, cfg = _pair(tmp_path, demo2d, 2, (32, 32))
+    dataset = build_dataset(cfg, items, (32, 32), train=True)
+
+    def epochs(workers: int, start: int = 0) -> list[torch.Tensor]:
+        cfg.num_workers = workers
+        loader = make_train_loader(cfg, dataset, 2, 0, 0, 1, start=start)
+        out = []
+        for epoch in (0, 1):  # the same loader (and, with workers, the same worker processes) for both epochs
+            loader.sampler.set_epoch(epoch, start=start if epoch == 1 else 0)
+            out.append(torch.cat([b["image"] for b in loader]))
+        return out
+
+    single = epochs(0)
+    assert not torch.equal(single[0], single[1])  # each epoch draws its own crops
+    two = epochs(2, start=1)  # and a run resumed at batch 1 of epoch 1 sees the rest of that epoch
+    assert torch.equal(two[0], single[0]) and torch.equal(two[1], single[1][2:])

@@ -65,7 +65,7 @@ def test_two_processes_scale_lr_and_end_with_identical_weights(ddp_two_epochs):
     assert _same_weights(r0["autoencoder"], r1["autoencoder"])
     assert _same_weights(r0["discriminator"], r1["discriminator"])
     # the disk cache holds one decoded copy per image, shared by both ranks (not one per rank)
-    cached = list((ddp_two_epochs / "cache").rglob("*.pt"))
+    cached = list((ddp_two_epochs / "cache").rglob("*.npy"))
     assert len(cached) == 10  # demo2d: 5 edente + 5 dente
     versions = json.loads((ddp_two_epochs / "versions.json").read_text())
     assert versions["world_size"] == 2 and versions["effective_lr"]["generator"] == pytest.approx(2e-4)

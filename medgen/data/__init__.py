@@ -1,7 +1,10 @@
 """Images as training sees them: transform chains, cached datasets and loaders, data checks, demo data.
 
-- ``transforms``: the MONAI dict transform chains (read, window, pad/resize, crop, augment), defined once.
-- ``datasets``: cached datasets (disk cache shared by ranks), per-epoch seeded loaders, skipping files that
+- ``transforms``: the MONAI dict transform chains (read, window, pad/resize, crop, augment), defined once, and
+  their crop-at-read form for cached images.
+- ``cache``: the disk cache of decoded images (stored integers, memory-mapped, shared by ranks).
+- ``window``: the per-image intensity window, exact percentiles from value counts.
+- ``datasets``: datasets over the caches, per-item seeded loaders whose workers persist, skipping files that
   break mid-run.
 - ``check``: reading every item before training and the report ``medgen check-data`` prints.
 - ``demo``: synthetic panoramic-like radiographs and CBCT-like series in the edente/ dente/ layout.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -11,13 +12,14 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
+from monai.data import CacheDataset, DataLoader, Dataset
 from torch.utils.data import DistributedSampler, Sampler
 
 from medgen.config import RunConfig
-from medgen.data.transforms import train_transforms, val_transforms
+from medgen.data import cache as disk_cache
+from medgen.data.transforms import cached_train_transforms, cached_val_transforms, decode, train_transforms, val_transforms
 from medgen.errors import MedgenError
-from medgen.io.discovery import item_signature, relative_name
+from medgen.io.discovery import relative_name
 from medgen.io.reader import ImageReadError
 
 log = logging.getLogger("medgen.data")
@@ -69,32 +71,42 @@ class SkipUnreadable(torch.utils.data.Dataset):
 
 
 def _cache_dir(cfg: RunConfig, patch_size: Sequence[int]) -> Path:
-    # The cached content depends on these settings: a change gets a fresh folder instead of stale tensors.
-    key = json.dumps([cfg.spatial_dims, list(cfg.intensity_percentiles), cfg.patch_mode, list(patch_size), 2])
+    # The cached content depends on these settings (in crop mode not on the patch size: patches are cut at read);
+    # a change gets a fresh folder instead of stale entries.
+    resized = list(patch_size) if cfg.patch_mode == "resize" else None
+    key = json.dumps([disk_cache.FORMAT, list(cfg.intensity_percentiles), cfg.patch_mode, resized])
     return Path(cfg.cache_dir or Path(cfg.run_dir) / "cache") / hashlib.sha1(key.encode()).hexdigest()[:12]
 
 
-class StampedPersistentDataset(PersistentDataset):
-    """MONAI's ``PersistentDataset`` whose cache key includes the item's change stamp
-    (:func:`medgen.io.discovery.item_signature`: size and mtime of the file, or of every file of a series),
-    taken each time the item is read: a file or one slice of a series edited during a run is decoded again
-    at its next read, and the old entry is never served."""
+class DiskCachedDataset(torch.utils.data.Dataset):
+    """Items read through the disk cache (:class:`medgen.data.cache.DiskImageCache`), then ``transform``
+    (:func:`~medgen.data.transforms.cached_train_transforms`: crop at read, window, augmentation). Items are
+    dicts like MONAI's datasets give: ``image`` (tensor), ``image_spacing`` and the item's other keys."""
 
-    def _cachecheck(self, item_transformed):
-        stamp = item_signature(item_transformed["image"]) or "missing"
-        return super()._cachecheck({**item_transformed, "stamp": stamp})
+    def __init__(self, items: Sequence[dict], cache: disk_cache.DiskImageCache, transform):
+        self.items, self.cache, self.transform = list(items), cache, transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.items[index]
+        image = self.cache.get(item["image"])
+        return self.transform({**item, "image": image, "image_spacing": torch.as_tensor(image.spacing, dtype=torch.float64)})
 
 
 def build_dataset(cfg: RunConfig, items: Sequence[dict], patch_size: Sequence[int], train: bool, rank: int = 0):
-    """A dataset over ``items`` with the config's caching: ``disk`` (:class:`StampedPersistentDataset`, one copy
-    on disk shared by every rank, re-decoded when a file changes), ``memory`` (CacheDataset, one copy per
-    process, decoded once) or ``none``."""
+    """A dataset over ``items`` with the config's caching: ``disk`` (:class:`DiskCachedDataset`: decoded values
+    memory-mapped from one copy on disk shared by every rank, patches cut at read, re-decoded when a file
+    changes), ``memory`` (CacheDataset, one windowed float32 copy per process, decoded once) or ``none``."""
     transform = train_transforms(cfg, patch_size) if train else val_transforms(cfg, patch_size)
     data = list(items)
     if cfg.cache == "disk":
-        cache = _cache_dir(cfg, patch_size)
-        cache.mkdir(parents=True, exist_ok=True)
-        ds = StampedPersistentDataset(data, transform=transform, cache_dir=cache)
+        patch = tuple(patch_size)
+        cache = disk_cache.DiskImageCache(_cache_dir(cfg, patch), functools.partial(decode, cfg=cfg, patch_size=patch),
+                                          random_access=cfg.patch_mode == "crop")
+        cached = cached_train_transforms(cfg, patch) if train else cached_val_transforms(cfg, patch)
+        ds = DiskCachedDataset(data, cache, cached)
     elif cfg.cache == "memory":
         ds = CacheDataset(data, transform=transform, num_workers=None, progress=rank == 0)
     else:

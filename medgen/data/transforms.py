@@ -1,17 +1,26 @@
 """The transform chains (MONAI dict transforms), defined once for training, validation and the bundles.
 
 Each chain is ``deterministic + random``: the deterministic part (read, intensity window, resize or pad)
-is what the dataset caches; the random part (crop, augmentation) runs every epoch.
+is computed once per image; the random part (crop, augmentation) runs every epoch.
+
+With the disk cache (:mod:`medgen.data.cache`) the deterministic part stops before the window is applied:
+the cache holds :func:`decode`'s :class:`DecodedImage` (the decoded values at their own width, the window,
+the spacing), and :func:`cached_train_transforms` / :func:`cached_val_transforms` cut the patch out of it
+first and window and pad only the patch. They give the same patches as :func:`train_transforms` /
+:func:`val_transforms` from the same random state.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
 from monai.config import KeysCollection
+from monai.data import get_track_meta, set_track_meta
 from monai.transforms import (
+    CenterSpatialCrop,
     CenterSpatialCropd,
     Compose,
     EnsureTyped,
@@ -27,6 +36,10 @@ from monai.transforms import (
 )
 
 from medgen.config import RunConfig
+from medgen.data.window import integer_values, one_thread, percentile_window
+from medgen.io.reader import Pixels, read_pixels
+
+UNIT_RANGE = (0.0, 1.0)  # the window maps to this range (clipped)
 
 
 class LoadDentalImaged(MapTransform):
@@ -50,15 +63,15 @@ class LoadDentalImaged(MapTransform):
 
 
 class ScaleIntensityRangePercentilesNumpyd(MapTransform):
-    """MONAI's ``ScaleIntensityRangePercentilesd`` (not channel-wise, not relative) with the percentiles taken by
+    """MONAI's ``ScaleIntensityRangePercentilesd`` (not channel-wise, not relative) with the percentiles of
     ``np.percentile``: map the image's ``lower``..``upper`` percentiles to ``b_min``..``b_max``, clipped if ``clip``.
 
     MONAI computes the percentiles with ``torch.quantile`` below 1M elements and with ``np.percentile`` above
-    (pytorch#64947). ``torch.quantile`` sorts the whole image, about 6x slower than ``np.percentile``'s selection
-    (0.1 MP: 9 vs 1.7 ms; 1 MP: 105 vs 15 ms on one core), and it was the largest cost of decoding an image
-    for the cache. Both use linear interpolation; ``np.percentile`` computes it in float64, so the window ends
-    differ from ``torch.quantile``'s float32 ones by float32 rounding only (relative 1e-7). The mapping itself is
-    MONAI's ``ScaleIntensityRange``.
+    (pytorch#64947); ``torch.quantile`` sorts the whole image. Here they are ``np.percentile``'s (linear
+    interpolation in float64, so the window ends differ from ``torch.quantile``'s float32 ones by float32
+    rounding only), computed by :func:`medgen.data.window.percentile_window`: from value counts when the
+    image holds whole numbers (stored DICOM values), which is many times faster than any partition or sort.
+    The mapping itself is MONAI's ``ScaleIntensityRange``.
 
     Args:
         keys: keys of the images (tensors or arrays, any shape) to window.
@@ -85,8 +98,8 @@ class ScaleIntensityRangePercentilesNumpyd(MapTransform):
         for key in self.key_iterator(d):
             img = d[key]
             values = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
-            a_min, a_max = np.percentile(values, [self.lower, self.upper])
-            scale = ScaleIntensityRange(float(a_min), float(a_max), self.b_min, self.b_max, clip=self.clip, dtype=torch.float32)
+            a_min, a_max = percentile_window(Pixels(values), self.lower, self.upper)
+            scale = ScaleIntensityRange(a_min, a_max, self.b_min, self.b_max, clip=self.clip, dtype=torch.float32)
             d[key] = scale(img)
         return d
 
@@ -96,7 +109,7 @@ def deterministic_transforms(cfg: RunConfig, patch_size: Sequence[int], keys: st
     lo, hi = cfg.intensity_percentiles
     chain = [
         LoadDentalImaged(keys),
-        ScaleIntensityRangePercentilesNumpyd(keys, lower=lo, upper=hi, b_min=0.0, b_max=1.0, clip=True),
+        ScaleIntensityRangePercentilesNumpyd(keys, lower=lo, upper=hi, b_min=UNIT_RANGE[0], b_max=UNIT_RANGE[1], clip=True),
     ]
     if cfg.patch_mode == "resize":
         chain.append(Resized(keys, spatial_size=tuple(patch_size), mode="area"))
@@ -106,20 +119,24 @@ def deterministic_transforms(cfg: RunConfig, patch_size: Sequence[int], keys: st
     return chain
 
 
+def augment_transforms(cfg: RunConfig, patch_size: Sequence[int], keys: str = "image") -> list:
+    """Radiograph-safe augmentation of a patch when ``augment`` is on (else none)."""
+    if not cfg.augment:
+        return []
+    return [
+        RandFlipd(keys, prob=0.5, spatial_axis=len(patch_size) - 1),  # left-right mirror of the jaw
+        RandRotated(keys, range_x=0.1, prob=0.3, keep_size=True, padding_mode="zeros"),  # about 6 degrees
+        RandScaleIntensityd(keys, factors=0.1, prob=0.3),
+        RandAdjustContrastd(keys, gamma=(0.8, 1.25), prob=0.3),
+    ]
+
+
 def random_transforms(cfg: RunConfig, patch_size: Sequence[int], keys: str = "image") -> list:
     """Random crop to ``patch_size`` and, when ``augment`` is on, radiograph-safe augmentation."""
     chain = []
     if cfg.patch_mode == "crop":
         chain.append(RandSpatialCropd(keys, roi_size=tuple(patch_size), random_size=False))
-    if cfg.augment:
-        chain += [
-            RandFlipd(keys, prob=0.5, spatial_axis=len(patch_size) - 1),  # left-right mirror of the jaw
-            RandRotated(keys, range_x=0.1, prob=0.3, keep_size=True, padding_mode="zeros"),  # about 6 degrees
-            RandScaleIntensityd(keys, factors=0.1, prob=0.3),
-            RandAdjustContrastd(keys, gamma=(0.8, 1.25), prob=0.3),
-        ]
-    chain.append(EnsureTyped(keys, dtype=torch.float32, track_meta=False))
-    return chain
+    return chain + augment_transforms(cfg, patch_size, keys) + [EnsureTyped(keys, dtype=torch.float32, track_meta=False)]
 
 
 def train_transforms(cfg: RunConfig, patch_size: Sequence[int], keys: str = "image") -> Compose:
@@ -131,3 +148,121 @@ def val_transforms(cfg: RunConfig, patch_size: Sequence[int], keys: str = "image
     if cfg.patch_mode == "crop":
         chain.append(CenterSpatialCropd(keys, roi_size=tuple(patch_size)))
     return Compose(chain)
+
+
+# ------------------------------------------------------------------------------------------ the cached path
+@dataclass(frozen=True)
+class DecodedImage:
+    """One item as the disk cache holds it: the deterministic part of the chain, before the window is applied.
+
+    Attributes:
+        pixels: the decoded values at their own width (memory-mapped when read from the cache), shape
+            ``(*spatial)``, and their linear map to presentation values.
+        window: ``(a_min, a_max)``, the intensity window of the presentation values; None when ``pixels`` are
+            already the final [0, 1] values (``patch_mode="resize"``: the windowed image resized to the patch).
+        spacing: the spacing of the spatial axes.
+    """
+
+    pixels: Pixels
+    window: tuple[float, float] | None
+    spacing: tuple[float, ...]
+
+
+def decode(path: str, cfg: RunConfig, patch_size: Sequence[int]) -> DecodedImage:
+    """The cached form of one item: read, integer-valued floats narrowed to integers, window from the counts
+    of the values. In resize mode the whole deterministic chain runs and its result is kept (float32).
+
+    Raises:
+        ImageReadError: the item cannot be read.
+    """
+    if cfg.patch_mode == "resize":
+        d = Compose(deterministic_transforms(cfg, patch_size))({"image": path})
+        return DecodedImage(Pixels(d["image"].numpy()[0]), None, tuple(d["image_spacing"].tolist()))
+    pixels, spacing, _ = read_pixels(path)
+    ints = integer_values(pixels.values)
+    pixels = Pixels(ints, pixels.slope, pixels.intercept) if ints is not None else Pixels(pixels.presentation())
+    return DecodedImage(pixels, percentile_window(pixels, *cfg.intensity_percentiles), spacing)
+
+
+def decoded_patch(image: DecodedImage, patch_size: Sequence[int] | None = None,
+                  slices: Sequence[slice] | None = None) -> torch.Tensor:
+    """``(1, *patch)`` float32: the region ``slices`` of the image windowed to [0, 1] and padded up to
+    ``patch_size`` (as :func:`deterministic_transforms` window and pad), reading only that region of
+    ``image.pixels``. Without ``slices``: the whole image, windowed."""
+    values = image.pixels.values
+    region, dst = values, None
+    if slices is not None:
+        before = [max(p - n, 0) // 2 for n, p in zip(values.shape, patch_size)]  # SpatialPad's symmetric padding
+        src, dst = [], []
+        for sl, pad, n in zip(slices, before, values.shape):
+            start, stop = sl.start - pad, sl.stop - pad
+            src.append(slice(max(start, 0), min(stop, n)))
+            dst.append(slice(max(start, 0) - start, min(stop, n) - start))
+        region = values[tuple(src)]
+    img = torch.from_numpy(image.pixels.presentation(region))
+    if image.window is not None:
+        scale = ScaleIntensityRange(*image.window, *UNIT_RANGE, clip=True, dtype=torch.float32)
+        track = get_track_meta()
+        set_track_meta(False)  # the same arithmetic on a plain tensor: MetaTensor's bookkeeping cost more than the patch
+        try:
+            with one_thread():
+                img = scale(img)
+        finally:
+            set_track_meta(track)
+    if dst is None or tuple(img.shape) == tuple(sl.stop - sl.start for sl in slices):
+        return img[None]
+    out = torch.zeros((1, *(sl.stop - sl.start for sl in slices)), dtype=torch.float32)  # SpatialPad's zeros
+    out[(0, *dst)] = img
+    return out
+
+
+def _padded_shape(image: DecodedImage, patch_size: Sequence[int]) -> tuple[int, ...]:
+    return tuple(max(n, p) for n, p in zip(image.pixels.values.shape, patch_size))
+
+
+class RandCropDecodedd(RandSpatialCropd):
+    """``RandSpatialCropd`` of ``roi_size`` on a :class:`DecodedImage` as :func:`deterministic_transforms` would have
+    windowed and padded it, reading only the patch: the same random draws (it is a ``RandSpatialCropd``, seeded
+    the same way by ``Compose``), the same patch."""
+
+    def __init__(self, keys: KeysCollection, roi_size: Sequence[int], allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, roi_size=roi_size, random_size=False, allow_missing_keys=allow_missing_keys)
+
+    def __call__(self, data: Mapping[Hashable, object], lazy: bool | None = None) -> dict:
+        d = dict(data)
+        roi = self.cropper.roi_size
+        self.randomize(_padded_shape(d[self.first_key(d)], roi))
+        for key in self.key_iterator(d):
+            d[key] = decoded_patch(d[key], roi, self.cropper._slices)
+        return d
+
+
+class CropDecodedd(MapTransform):
+    """The centre ``roi_size`` patch of a :class:`DecodedImage` as :func:`val_transforms` cuts it (windowed, padded),
+    reading only the patch; ``roi_size=None``: the whole image (resize mode)."""
+
+    def __init__(self, keys: KeysCollection, roi_size: Sequence[int] | None, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.roi_size = None if roi_size is None else tuple(roi_size)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            if self.roi_size is None:
+                d[key] = decoded_patch(d[key])
+            else:
+                slices = CenterSpatialCrop(self.roi_size).compute_slices(_padded_shape(d[key], self.roi_size))
+                d[key] = decoded_patch(d[key], self.roi_size, slices)
+        return d
+
+
+def cached_train_transforms(cfg: RunConfig, patch_size: Sequence[int], keys: str = "image") -> Compose:
+    """:func:`train_transforms` on a :class:`DecodedImage`: the same patches from the same random state."""
+    first = RandCropDecodedd(keys, patch_size) if cfg.patch_mode == "crop" else CropDecodedd(keys, None)
+    return Compose([first, *augment_transforms(cfg, patch_size, keys), EnsureTyped(keys, dtype=torch.float32, track_meta=False)])
+
+
+def cached_val_transforms(cfg: RunConfig, patch_size: Sequence[int], keys: str = "image") -> Compose:
+    """:func:`val_transforms` on a :class:`DecodedImage`: the same patch."""
+    roi = patch_size if cfg.patch_mode == "crop" else None
+    return Compose([CropDecodedd(keys, roi), EnsureTyped(keys, dtype=torch.float32, track_meta=False)])

@@ -1,7 +1,8 @@
 """Files in and out: reading images, writing images, finding the images a config or folder names,
 checkpoint files, atomic writes, pretrained networks.
 
-- ``reader``: :func:`read_image` for DICOM (files, series, multi-frame), NIfTI and PNG/JPEG; :func:`find_images`.
+- ``reader``: :func:`read_image` for DICOM (files, series, multi-frame), NIfTI and PNG/JPEG, :func:`read_pixels` (the
+  same before the float conversion: stored values and their map); :func:`find_images`.
 - ``writer``: :func:`write_image`, which never copies identifying DICOM attributes.
 - ``discovery``: the one way from a config or a command-line path to image items, and the change stamp of an item.
 - ``checkpoint``: atomic ``torch.save``, ``weights_only`` loading, RNG states, DDP prefixes.
@@ -10,5 +11,14 @@ checkpoint files, atomic writes, pretrained networks.
   (``$MEDGEN_HOME``), and fetch / export / import / verify.
 """
 
-from medgen.io.reader import ImageInfo, ImageReadError, find_images, inspect_image, read_image, read_image_and_info
+from medgen.io.reader import (
+    ImageInfo,
+    ImageReadError,
+    Pixels,
+    find_images,
+    inspect_image,
+    read_image,
+    read_image_and_info,
+    read_pixels,
+)
 from medgen.io.writer import write_image

@@ -54,9 +54,11 @@ from medgen.errors import MedgenError, MissingInputError
 __all__ = [
     "ImageReadError",
     "ImageInfo",
+    "Pixels",
     "REASONS",
     "read_image",
     "read_image_and_info",
+    "read_pixels",
     "inspect_image",
     "find_images",
     "image_kind",
@@ -143,6 +145,50 @@ class ImageInfo:
         return d
 
 
+@dataclass(frozen=True)
+class Pixels:
+    """One image as decoded, before conversion to float32: ``values`` at their own width and the linear map to
+    presentation values, ``presentation = values * slope + intercept`` (float32, see :meth:`presentation`).
+
+    ``values`` are the stored samples (e.g. uint16, int16) when the modality LUT and the MONOCHROME1 inversion
+    are one linear map for the whole image; otherwise (colour, a Modality LUT Sequence, frames or slices with
+    different rescales) they are the presentation values themselves, as floats, with ``slope=1, intercept=0``.
+    The shape is the spatial shape (no channel axis).
+    """
+
+    values: np.ndarray
+    slope: float = 1.0
+    intercept: float = 0.0
+
+    def presentation(self, values: np.ndarray | None = None) -> np.ndarray:
+        """The presentation values of ``self.values`` (or of a crop of them) as float32, computed exactly as
+        :func:`read_image` computes them, so a crop of the result equals the result of a crop."""
+        v = self.values if values is None else values
+        # float32 throughout: pydicom's apply_modality_lut computes the same rescale in float64, which made
+        # reading several times slower than decoding for uncompressed files
+        if self.slope != 1.0:
+            out = np.multiply(v, np.float32(self.slope), dtype=np.float32)
+        else:
+            out = v.astype(np.float32)
+        if self.intercept != 0.0:
+            out += np.float32(self.intercept)
+        return out
+
+    @property
+    def linear(self) -> bool:
+        """True when ``values`` are not yet presentation values (a rescale or an inversion is still to apply)."""
+        return self.slope != 1.0 or self.intercept != 0.0
+
+    @staticmethod
+    def stack(parts: Sequence["Pixels"]) -> "Pixels":
+        """Frames or slices stacked on a new first axis: one linear map when they all share it, else floats."""
+        first = parts[0]
+        if all(p.slope == first.slope and p.intercept == first.intercept and p.values.dtype == first.values.dtype
+               for p in parts):
+            return Pixels(np.stack([p.values for p in parts]), first.slope, first.intercept)
+        return Pixels(np.stack([p.presentation() for p in parts]))
+
+
 # --------------------------------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------------------------------
@@ -182,18 +228,29 @@ def read_image_and_info(path: str | os.PathLike) -> tuple[np.ndarray, tuple[floa
     Returns:
         ``(array (1, *spatial) float32, spacing, ImageInfo)``.
     """
+    pixels, spacing, info = read_pixels(path)
+    return np.ascontiguousarray(pixels.presentation(), dtype=np.float32)[None], spacing, info
+
+
+def read_pixels(path: str | os.PathLike) -> tuple[Pixels, tuple[float, ...], ImageInfo]:
+    """:func:`read_image_and_info` before the conversion to float32: the decoded values at their own width and
+    their map to presentation values (what the decoded-image cache stores). ``pixels.presentation()[None]``
+    is exactly :func:`read_image`'s array.
+
+    Raises:
+        ImageReadError: the item cannot be used.
+    """
     path = Path(path)
     kind = image_kind(path)
     if kind == "dicom_series":
-        arr, spacing, info = _read_dicom_series(path)
-    elif kind == "nifti":
+        return _read_dicom_series(path)
+    if kind == "nifti":
         arr, spacing, info = _read_nifti(path)
     elif kind == "image":
         arr, spacing, info = _read_pil(path)
     else:
-        arr, spacing, info = _read_dicom_file(path)
-    arr = np.ascontiguousarray(arr, dtype=np.float32)[None]
-    return arr, spacing, info
+        return _read_dicom_file(path)
+    return Pixels(arr), spacing, info
 
 
 def image_kind(path: str | os.PathLike) -> str:
@@ -487,10 +544,11 @@ def _lut_source(ds, frame: int | None):
     return ds
 
 
-def _to_presentation(path: Path, ds, arr: np.ndarray, photometric: str, frames: int) -> np.ndarray:
+def _to_presentation(path: Path, ds, arr: np.ndarray, photometric: str, frames: int) -> Pixels:
     """Colour -> luminance, modality LUT, MONOCHROME1 inversion. ``arr`` is (frames, rows, cols[, 3]) or 2D.
 
-    Returns float32 (grayscale) or float64 (colour) pixels of the same spatial shape.
+    Returns the pixels of the same spatial shape: stored values and their linear map (grayscale), or float64
+    luminance (colour).
     """
     from pydicom.pixels import apply_color_lut, convert_color_space
 
@@ -498,23 +556,23 @@ def _to_presentation(path: Path, ds, arr: np.ndarray, photometric: str, frames: 
     if spp == 3 or photometric.startswith(("RGB", "YBR")):
         if photometric.startswith("YBR"):
             arr = convert_color_space(arr, photometric, "RGB", per_frame=False)
-        return _luminance(arr)
+        return Pixels(_luminance(arr))
     if photometric == "PALETTE COLOR":
-        return _luminance(apply_color_lut(arr, ds))
+        return Pixels(_luminance(apply_color_lut(arr, ds)))
     if spp != 1:
         raise ImageReadError(path, "unsupported_shape", f"{spp} samples per pixel; medgen reads 1 (gray) or 3 (colour)")
 
     if frames > 1 and arr.ndim == 3:
-        return np.stack([_modality_and_polarity(arr[i], ds, _lut_source(ds, i), photometric) for i in range(frames)])
+        return Pixels.stack([_modality_and_polarity(arr[i], ds, _lut_source(ds, i), photometric) for i in range(frames)])
     return _modality_and_polarity(arr, ds, _lut_source(ds, 0), photometric)
 
 
-def _modality_and_polarity(stored: np.ndarray, ds, src, photometric: str) -> np.ndarray:
-    """Modality LUT then MONOCHROME1 inversion of one frame (or of all frames sharing ``src``), as float32.
+def _modality_and_polarity(stored: np.ndarray, ds, src, photometric: str) -> Pixels:
+    """Modality LUT then MONOCHROME1 inversion of one frame (or of all frames sharing ``src``).
 
-    A linear rescale and the inversion are one affine map, ``y = a * v + b`` then ``y' = lo + hi - y``, done in
-    float32 in two passes: pydicom's apply_modality_lut computes the same rescale in float64, which made reading
-    several times slower than decoding for uncompressed files. A Modality LUT Sequence goes through pydicom.
+    A linear rescale and the inversion are one affine map, ``y = a * v + b`` then ``y' = lo + hi - y``: the
+    stored values are returned with that map (applied in float32 by :meth:`Pixels.presentation`). A Modality
+    LUT Sequence goes through pydicom and gives float32 presentation values.
     """
     from pydicom.pixels import apply_modality_lut
 
@@ -529,7 +587,7 @@ def _modality_and_polarity(stored: np.ndarray, ds, src, photometric: str) -> np.
                 ends = np.asarray(apply_modality_lut(np.array(limits), src), dtype=np.float64)
                 lo, hi = float(ends.min()), float(ends.max())
             result = np.float32(lo + hi) - result
-        return result
+        return Pixels(result)
     # the same rule as apply_modality_lut: rescale only when both values are present
     if "RescaleSlope" in src and "RescaleIntercept" in src:
         slope, intercept = float(src.RescaleSlope), float(src.RescaleIntercept)
@@ -542,13 +600,7 @@ def _modality_and_polarity(stored: np.ndarray, ds, src, photometric: str) -> np.
             ends = (slope * limits[0] + intercept, slope * limits[1] + intercept)
             lo, hi = min(ends), max(ends)
         slope, intercept = -slope, lo + hi - intercept
-    if slope != 1.0:
-        out = np.multiply(stored, np.float32(slope), dtype=np.float32)
-    else:
-        out = stored.astype(np.float32)
-    if intercept != 0.0:
-        out += np.float32(intercept)
-    return out
+    return Pixels(stored, slope, intercept)
 
 
 def _pixel_spacing(ds) -> tuple[float, float]:
@@ -605,7 +657,7 @@ def _dicom_info(ds, kind: str, shape, spacing, photometric: str, files: int = 1)
     )
 
 
-def _read_dicom_file(path: Path) -> tuple[np.ndarray, tuple[float, ...], ImageInfo]:
+def _read_dicom_file(path: Path) -> tuple[Pixels, tuple[float, ...], ImageInfo]:
     ds = _read_dataset(path)
     arr, photometric = _decode(path, ds)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -614,9 +666,9 @@ def _read_dicom_file(path: Path) -> tuple[np.ndarray, tuple[float, ...], ImageIn
     if frames == 1:
         spacing: tuple[float, ...] = (row_sp, col_sp)
     else:
-        out, slice_sp = _order_frames(path, ds, out, frames)
-        spacing = (slice_sp, row_sp, col_sp)
-    return out, spacing, _dicom_info(ds, "dicom", out.shape, spacing, photometric)
+        values, slice_sp = _order_frames(path, ds, out.values, frames)
+        out, spacing = replace(out, values=values), (slice_sp, row_sp, col_sp)
+    return out, spacing, _dicom_info(ds, "dicom", out.values.shape, spacing, photometric)
 
 
 def _order_frames(path: Path, ds, volume: np.ndarray, frames: int) -> tuple[np.ndarray, float]:
@@ -644,7 +696,7 @@ def _slice_error(folder: Path, path: Path, err: ImageReadError) -> ImageReadErro
     return ImageReadError(folder, err.reason, f"slice {path.name}: {err.detail}")
 
 
-def _read_dicom_series(folder: Path) -> tuple[np.ndarray, tuple[float, ...], ImageInfo]:
+def _read_dicom_series(folder: Path) -> tuple[Pixels, tuple[float, ...], ImageInfo]:
     """A folder holding one DICOM series -> (slices, rows, cols), sorted along the slice normal."""
     files = [p for p in sorted(folder.iterdir()) if p.is_file() and _is_candidate(p.name) and image_kind(p) == "dicom"]
     slices = []  # (path, dataset) of image files
@@ -731,9 +783,10 @@ def _read_dicom_series(folder: Path) -> tuple[np.ndarray, tuple[float, ...], Ima
             planes.append(_to_presentation(path, ds, arr, photometric, 1))
         except ImageReadError as err:
             raise _slice_error(folder, path, err) from None
-    volume = np.stack(planes)
+    volume = Pixels.stack(planes)
     spacing = (slice_sp, *_pixel_spacing(slices[0][1]))
-    return volume, spacing, _dicom_info(slices[0][1], "dicom_series", volume.shape, spacing, photometric, len(slices))
+    info = _dicom_info(slices[0][1], "dicom_series", volume.values.shape, spacing, photometric, len(slices))
+    return volume, spacing, info
 
 
 # --------------------------------------------------------------------------------------------------
