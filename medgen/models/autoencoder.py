@@ -14,7 +14,8 @@ from medgen.io.checkpoint import load_checkpoint, without_prefix
 
 
 def build_autoencoder(ae_def: AutoencoderDef, cls: type[AutoencoderKL] = AutoencoderKL) -> AutoencoderKL:
-    """MONAI ``AutoencoderKL`` from ``autoencoder_def`` (GroupNorm, per-level attention, non-local attention).
+    """MONAI ``AutoencoderKL`` from ``autoencoder_def`` (GroupNorm, per-level attention, non-local attention),
+    attention through ``torch.nn.functional.scaled_dot_product_attention``.
 
     ``cls`` may be a subclass with the same constructor (e.g. one whose forward only reconstructs).
     """
@@ -30,6 +31,8 @@ def build_autoencoder(ae_def: AutoencoderDef, cls: type[AutoencoderKL] = Autoenc
         attention_levels=tuple(ae_def.attention_levels),
         with_encoder_nonlocal_attn=ae_def.with_encoder_nonlocal_attn,
         with_decoder_nonlocal_attn=ae_def.with_decoder_nonlocal_attn,
+        # PyTorch's scaled-dot-product attention: no attention matrix is materialised (same weights and keys)
+        use_flash_attention=True,
     )
 
 

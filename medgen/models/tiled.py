@@ -1,0 +1,433 @@
+"""Tiled encoding and decoding with MONAI's ``AutoencoderKL``: images and volumes of any size, one image.
+
+Whole panoramic radiographs (~2900x1400) and CBCT volumes (256^3 and more) do not fit one forward pass
+with non-local attention: the attention over every latent position alone would need hundreds of GB. So
+the input is cut into overlapping tiles; each tile's attention sees only its tile (through PyTorch's
+scaled-dot-product attention, which never materialises the attention matrix).
+
+What makes tiles look like one image is GroupNorm. Run tile by tile, every GroupNorm would normalise with
+its own tile's mean and variance, so tiles come out brighter or darker than their neighbours (a seam at
+every border and an embossed look, even with Gaussian blending). Here all tiles advance through the
+network together, one GroupNorm at a time: at each GroupNorm every tile contributes the sums of its core
+region (the tiles' cores partition the image, so every pixel counts once) and all tiles are normalised
+with the whole image's statistics, as the whole-image forward pass would. Outputs are stitched from the
+cores, with a linear cross-fade across each border (weights summing to one). Without attention the
+interior equals the whole-image output (to float rounding) once the overlap covers the network's
+receptive field; with attention, each tile attends within itself and the cross-fade hides the difference.
+
+Memory: the tiles' activations between two GroupNorms are held together (about the whole image's
+activation at one layer, times the overlap), never an attention matrix; the work per step is one tile.
+
+Tile sizes are in input pixels for encoding (multiples of the downsampling factor, so that the tiles'
+latents align with the whole image's) and in latent pixels for decoding.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
+from itertools import product
+
+import torch
+import torch.nn.functional as F
+from monai.networks.blocks.spatialattention import SpatialAttentionBlock
+from monai.networks.nets import AutoencoderKL
+from monai.networks.nets.autoencoderkl import AEKLResBlock
+from torch import nn
+
+from medgen.errors import InvalidValueError
+
+__all__ = ["Tiling", "tile_grid", "tiled_encode", "tiled_decode", "tiled_reconstruct", "seam_ratio", "output_borders", "default_tiling", "downsample_factor"]
+
+# A GroupNorm request from a tile: (the norm layer, the tile's activation before it).
+_Request = tuple[nn.GroupNorm, torch.Tensor]
+
+
+NORM_MODES = ("tile", "image", "own")
+FADE = 0.25
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """Tiles of ``tile`` input pixels per axis, neighbours overlapping by ``overlap`` pixels per axis.
+
+    ``norm`` says which statistics GroupNorm uses: ``"tile"`` (default) those of each tile, as the model saw
+    its training patches, interpolated linearly between tile centres so that every pixel gets the same
+    statistics whichever tile computes it; ``"image"`` those of the whole image, as one forward pass over
+    the whole image would.
+    """
+
+    tile: tuple[int, ...]
+    overlap: tuple[int, ...]
+    norm: str = "tile"
+
+    @classmethod
+    def of(cls, tile: int | Sequence[int], overlap: float | int | Sequence[int], spatial_dims: int, align: int = 1,
+           norm: str = "tile") -> "Tiling":
+        """From a CLI-style tile size (one number or one per axis) and an overlap (a fraction of the tile
+        below 1, else pixels), each rounded to a multiple of ``align`` (the model's downsampling factor)."""
+        tiles = [int(tile)] * spatial_dims if isinstance(tile, (int, float)) else [int(t) for t in tile]
+        if len(tiles) != spatial_dims or any(t < 1 for t in tiles):
+            raise InvalidValueError(f"tile size {tile} must be one positive size or {spatial_dims} of them")
+        tiles = [max(align, round(t / align) * align) for t in tiles]
+        if isinstance(overlap, (int, float)):
+            if overlap < 0:
+                raise InvalidValueError(f"overlap {overlap} must not be negative")
+            overlaps = [int(round(overlap * t)) if overlap < 1 else int(overlap) for t in tiles]
+        else:
+            overlaps = [int(o) for o in overlap]
+        overlaps = [min(round(o / align) * align, t - align) for o, t in zip(overlaps, tiles)]
+        if norm not in NORM_MODES:
+            raise InvalidValueError(f"norm statistics {norm!r} must be one of {', '.join(NORM_MODES)}")
+        return cls(tuple(tiles), tuple(max(0, o) for o in overlaps), norm)
+
+    def scaled(self, factor: int) -> "Tiling":
+        """The same tiling in a space ``factor`` times smaller (image pixels -> latent pixels)."""
+        return Tiling(tuple(max(1, t // factor) for t in self.tile), tuple(o // factor for o in self.overlap), self.norm)
+
+
+def default_tiling(patch_size: Sequence[int], factor: int, overlap: float = 0.5, norm: str = "tile") -> Tiling:
+    """Tiles of the training patch (GroupNorm statistics and attention context as in training),
+    overlapping by ``overlap`` of the tile."""
+    return Tiling.of([int(p) for p in patch_size], overlap, len(patch_size), align=factor, norm=norm)
+
+
+@dataclass(frozen=True)
+class _Axis:
+    starts: tuple[int, ...]  # tile starts
+    size: int  # tile size (the whole axis when it is smaller than a tile)
+    bounds: tuple[int, ...]  # core boundaries: core k is [bounds[k], bounds[k+1])
+
+    @property
+    def fade(self) -> float:
+        """Half-width of the cross-fade around each core border: a quarter of the narrowest overlap, and at
+        most half the narrowest core, so that fades never meet and the weights always sum to one."""
+        if len(self.starts) < 2:
+            return 0.0
+        overlaps = [a + self.size - b for a, b in zip(self.starts, self.starts[1:])]
+        cores = [b - a for a, b in zip(self.bounds, self.bounds[1:])]
+        return min(min(overlaps) * FADE, min(cores) / 2)
+
+
+def _axis(length: int, tile: int, overlap: int, align: int) -> _Axis:
+    if length <= tile:
+        return _Axis((0,), length, (0, length))
+    stride = max(align, (tile - overlap) // align * align)
+    starts = list(range(0, length - tile, stride)) + [length - tile]
+    if len(starts) > 1 and starts[-1] == starts[-2]:
+        starts.pop()
+    # each core border lies halfway through the overlap of the two tiles around it (aligned)
+    inner = [((s + prev + tile) // 2) // align * align for prev, s in zip(starts, starts[1:])]
+    return _Axis(tuple(starts), tile, (0, *inner, length))
+
+
+def tile_grid(shape: Sequence[int], tiling: Tiling, align: int = 1) -> list[_Axis]:
+    """Per axis of ``shape``: tile starts, tile size and the core boundaries that partition the axis."""
+    return [_axis(int(n), t, o, align) for n, t, o in zip(shape, tiling.tile, tiling.overlap)]
+
+
+def _ramp(length: int, bounds: tuple[int, int], start: int, half: float, first: bool, last: bool) -> torch.Tensor:
+    """1D stitch weight of a tile covering ``[start, start + length)`` whose core is ``bounds``: 1 inside the
+    core, cross-fading linearly to 0 over ``half`` pixels on either side of each inner core border."""
+    x = torch.arange(length, dtype=torch.float32) + start + 0.5  # pixel centres
+    w = torch.ones(length)
+    if not first:
+        w = w * (((x - bounds[0] + half) / (2 * half)).clamp(0, 1) if half > 0 else (x >= bounds[0]).float())
+    if not last:
+        w = w * (((bounds[1] + half - x) / (2 * half)).clamp(0, 1) if half > 0 else (x < bounds[1]).float())
+    return w
+
+
+# ----------------------------------------------------------------------------------------------- lockstep run
+def _norm(m: nn.GroupNorm, x: torch.Tensor, store: torch.device) -> Generator[_Request, tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+    device = x.device
+    x = x.to(store)  # while the other tiles catch up, this tile's activation waits in ``store``
+    mean, rstd = yield (m, x)  # (B, G) for the whole image, or (B, G, *spatial) fields over this tile
+    x = x.to(device)
+    b, c = x.shape[:2]
+    extra = [1] * (x.ndim - 2) if mean.ndim == 2 else list(mean.shape[2:])
+    mean, rstd = (v.to(device, x.dtype).reshape(b, m.num_groups, 1, *extra) for v in (mean, rstd))
+    y = ((x.reshape(b, m.num_groups, c // m.num_groups, *x.shape[2:]) - mean) * rstd).reshape(x.shape)
+    if m.affine:
+        view = (1, c) + (1,) * (x.ndim - 2)
+        y = y * m.weight.view(view).to(y.dtype) + m.bias.view(view).to(y.dtype)
+    return y
+
+
+def _block(m: nn.Module, x: torch.Tensor, store: torch.device) -> Generator[_Request, tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``m(x)`` with every GroupNorm inside it handed to the driver (MONAI's forward, step by step)."""
+    if isinstance(m, nn.GroupNorm):
+        return (yield from _norm(m, x, store))
+    if isinstance(m, AEKLResBlock):
+        device, skip = x.device, x.to(store)
+        h = yield from _norm(m.norm1, x, store)
+        h = m.conv1(F.silu(h))
+        h = yield from _norm(m.norm2, h, store)
+        h = m.conv2(F.silu(h))
+        return m.nin_shortcut(skip.to(device)) + h
+    if isinstance(m, SpatialAttentionBlock):
+        device, skip = x.device, x.to(store)
+        h = yield from _norm(m.norm, x, store)
+        shape = h.shape
+        h = m.attn(h.reshape(*shape[:2], -1).transpose(1, 2)).transpose(1, 2).reshape(shape)
+        return skip.to(device) + h
+    if any(isinstance(s, (nn.GroupNorm, nn.MultiheadAttention)) for s in m.modules()):
+        raise InvalidValueError(f"tiled inference does not know the block {type(m).__name__}; use a MONAI AutoencoderKL")
+    return m(x)
+
+
+def _program(modules: Sequence[nn.Module], tail: Callable[[torch.Tensor], torch.Tensor] | None, store: torch.device):
+    def run(image: torch.Tensor, box: tuple[slice, ...], device: torch.device):
+        x = image[(slice(None), slice(None), *box)].to(device)
+        for m in modules:
+            x = yield from _block(m, x, store)
+        return tail(x) if tail is not None else x
+
+    return run
+
+
+def _moments(h: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Sum and sum of squares (float64) per (batch, group), and the count per group."""
+    h = h.double().reshape(h.shape[0], groups, -1)
+    return h.sum(-1), h.pow(2).sum(-1), h.shape[-1]
+
+
+def _layer_scale(h: torch.Tensor, axes: Sequence[_Axis]) -> list[float]:
+    """Per axis: pixels of this layer's activation per input pixel."""
+    return [h.shape[2 + d] / a.size for d, a in enumerate(axes)]
+
+
+def _image_stats(requests: list[_Request], tiles: list[tuple[int, ...]], axes: Sequence[_Axis]):
+    """The whole image's (mean, rstd) from the tiles' cores (which partition the image), for every tile."""
+    layer = requests[0][0]
+    s = ss = 0
+    n = 0
+    for t, (_, h) in zip(tiles, requests):
+        core = tuple(slice(round((a.bounds[i] - a.starts[i]) * sd), round((a.bounds[i + 1] - a.starts[i]) * sd))
+                     for a, i, sd in zip(axes, t, _layer_scale(h, axes)))
+        a_s, a_ss, a_n = _moments(h[(slice(None), slice(None), *core)], layer.num_groups)
+        s, ss, n = s + a_s, ss + a_ss, n + a_n
+    mean = s / n
+    stats = (mean, torch.rsqrt((ss / n - mean * mean).clamp_min(0) + layer.eps))
+    return [stats] * len(tiles)
+
+
+def _hat(centres: Sequence[float], u: torch.Tensor) -> torch.Tensor:
+    """(K, L) linear-interpolation weights of positions ``u`` between ``centres`` (constant beyond the ends)."""
+    k = len(centres)
+    if k == 1:
+        return torch.ones(1, len(u), dtype=torch.float64)
+    c = torch.tensor(centres, dtype=torch.float64)
+    u = u.clamp(c[0], c[-1])
+    j = torch.searchsorted(c, u, right=True).clamp(1, k - 1)
+    frac = (u - c[j - 1]) / (c[j] - c[j - 1])
+    w = torch.zeros(k, len(u), dtype=torch.float64)
+    cols = torch.arange(len(u))
+    w[j - 1, cols] = 1 - frac
+    w[j, cols] += frac
+    return w
+
+
+def _tile_stats(requests: list[_Request], tiles: list[tuple[int, ...]], axes: Sequence[_Axis], own=False):
+    """Per tile, (mean, rstd) fields over its pixels: each tile's own statistics placed at its centre and
+    interpolated linearly between centres, a function of the image position only (so overlapping tiles agree)."""
+    layer = requests[0][0]
+    grid_shape = [len(a.starts) for a in axes]
+    means, variances = {}, {}
+    for t, (_, h) in zip(tiles, requests):
+        s, ss, n = _moments(h, layer.num_groups)
+        means[t] = s / n
+        variances[t] = (ss / n - means[t] ** 2).clamp_min(0)
+    b, g = means[tiles[0]].shape
+    mean_grid = torch.stack([means[t] for t in tiles], -1).reshape(b, g, *grid_shape)
+    var_grid = torch.stack([variances[t] for t in tiles], -1).reshape(b, g, *grid_shape)
+    out = []
+    if own:
+        return [(means[t], torch.rsqrt(variances[t] + layer.eps)) for t in tiles]
+    for t, (_, h) in zip(tiles, requests):
+        weights = []
+        for a, i, sd, n in zip(axes, t, _layer_scale(h, axes), h.shape[2:]):
+            u = a.starts[i] + (torch.arange(n, dtype=torch.float64) + 0.5) / sd  # pixel centres, input pixels
+            weights.append(_hat([st + a.size / 2 for st in a.starts], u))
+        mean, var = mean_grid, var_grid
+        for w in weights:  # contract one tile-grid axis after the other: (B, G, K1.., L1..)
+            mean = torch.tensordot(mean, w, dims=([2], [0]))
+            var = torch.tensordot(var, w, dims=([2], [0]))
+        out.append((mean, torch.rsqrt(var + layer.eps)))
+    return out
+
+
+def _run_tiled(
+    program: Callable[..., Generator],
+    x: torch.Tensor,
+    tiling: Tiling,
+    align: int,
+    scale: float,
+    device: torch.device,
+) -> torch.Tensor:
+    """Run ``program`` on every tile of ``x`` (B, C, *spatial) in lockstep and stitch the outputs, whose
+    spatial size is ``scale`` times the input's, into a float32 tensor on ``x``'s device."""
+    spatial = tuple(x.shape[2:])
+    axes = tile_grid(spatial, tiling, align)
+    tiles = list(product(*[range(len(a.starts)) for a in axes]))
+    out: torch.Tensor | None = None
+
+    def stitch(t: tuple[int, ...], y: torch.Tensor) -> None:
+        nonlocal out
+        if out is None:
+            shape = (y.shape[0], y.shape[1], *(round(n * scale) for n in spatial))
+            out = torch.zeros(shape, dtype=torch.float32, device=x.device)
+        box, weight = [], torch.ones(())
+        for d, (a, i) in enumerate(zip(axes, t)):
+            start, length = round(a.starts[i] * scale), y.shape[2 + d]
+            bounds = (round(a.bounds[i] * scale), round(a.bounds[i + 1] * scale))
+            w = _ramp(length, bounds, start, a.fade * scale, i == 0, i == len(a.starts) - 1)
+            weight = weight * w.view([length if k == d else 1 for k in range(len(axes))])
+            box.append(slice(start, start + length))
+        out[(slice(None), slice(None), *box)] += y.float().to(x.device) * weight.to(x.device)
+
+    # a tile reads its input slice at its first step; each step runs one tile up to its next GroupNorm
+    gens = [program(x, tuple(slice(a.starts[i], a.starts[i] + a.size) for a, i in zip(axes, t)), device) for t in tiles]
+    try:
+        requests = [next(g) for g in gens]
+    except StopIteration as stop:
+        raise InvalidValueError("tiled inference needs a network with GroupNorm (a MONAI AutoencoderKL)") from stop
+    while requests:
+        layer = requests[0][0]
+        assert all(m is layer for m, _ in requests), "tiles diverged"  # every tile runs the same program
+        sends = _image_stats(requests, tiles, axes) if tiling.norm == "image" else _tile_stats(requests, tiles, axes, tiling.norm == "own")
+        pending = []
+        for t, g, stats in zip(tiles, gens, sends):
+            try:
+                pending.append(g.send(stats))
+            except StopIteration as stop:
+                stitch(t, stop.value)
+        assert not pending or len(pending) == len(gens), "tiles diverged"
+        requests = pending
+    assert out is not None
+    return out
+
+
+def _check(model: AutoencoderKL) -> None:
+    if not isinstance(model, AutoencoderKL):
+        raise InvalidValueError(f"tiled inference needs a MONAI AutoencoderKL, got {type(model).__name__}")
+
+
+def downsample_factor(model: AutoencoderKL) -> int:
+    """2 ** (number of downsampling layers of the encoder)."""
+    return 2 ** sum(type(b).__name__ == "AEKLDownsample" for b in model.encoder.blocks)
+
+
+def _devices(model: nn.Module, storage: str | torch.device | None) -> tuple[torch.device, torch.device]:
+    device = next(model.parameters()).device
+    if storage is None:  # on a GPU the tiles wait in host memory; only the running tile occupies the GPU
+        storage = "cpu" if device.type != "cpu" else device
+    return device, torch.device(storage)
+
+
+@torch.no_grad()
+def tiled_encode(
+    model: AutoencoderKL, x: torch.Tensor, tiling: Tiling, storage: str | torch.device | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``model.encode(x)`` in tiles: ``(z_mu, z_sigma)`` of the whole input.
+
+    Args:
+        model: the autoencoder (eval mode).
+        x: ``(B, C, *spatial)``, each spatial size a multiple of the downsampling factor; any device.
+        tiling: in input pixels; tile sizes and overlaps are rounded to multiples of the downsampling factor.
+        storage: where tiles wait between GroupNorms (default: host memory when the model is on a GPU).
+
+    Returns:
+        ``(z_mu, z_sigma)``, each ``(B, latent_channels, *spatial / factor)``, float32 on ``x``'s device.
+    """
+    _check(model)
+    f = downsample_factor(model)
+    bad = [n for n in x.shape[2:] if n % f]
+    if bad:
+        raise InvalidValueError(f"tiled_encode: input size {tuple(x.shape[2:])} is not a multiple of the downsampling factor {f}; pad it")
+    tiling = Tiling.of(tiling.tile, tiling.overlap, x.ndim - 2, align=f, norm=tiling.norm)
+    lc = model.quant_conv_mu.conv.out_channels if hasattr(model.quant_conv_mu, "conv") else None
+
+    def tail(h: torch.Tensor) -> torch.Tensor:
+        return torch.cat([model.quant_conv_mu(h), model.quant_conv_log_sigma(h)], dim=1)
+
+    device, store = _devices(model, storage)
+    out = _run_tiled(_program(list(model.encoder.blocks), tail, store), x, tiling, f, 1 / f, device)
+    c = lc or out.shape[1] // 2
+    z_mu, log_var = out[:, :c], out[:, c:]
+    return z_mu, torch.exp(log_var.clamp(-30.0, 20.0) / 2)
+
+
+@torch.no_grad()
+def tiled_decode(
+    model: AutoencoderKL, z: torch.Tensor, tiling: Tiling, storage: str | torch.device | None = None
+) -> torch.Tensor:
+    """``model.decode(z)`` in tiles.
+
+    Args:
+        model: the autoencoder (eval mode).
+        z: latents ``(B, latent_channels, *latent_spatial)``; any device.
+        tiling: in IMAGE pixels (as for :func:`tiled_encode`); divided by the downsampling factor here.
+        storage: as for :func:`tiled_encode`.
+
+    Returns:
+        ``(B, out_channels, *latent_spatial * factor)`` float32 on ``z``'s device.
+    """
+    _check(model)
+    f = downsample_factor(model)
+    latent = Tiling.of(tiling.tile, tiling.overlap, z.ndim - 2, align=f, norm=tiling.norm).scaled(f)
+    device, store = _devices(model, storage)
+    modules = [model.post_quant_conv, *model.decoder.blocks]
+    return _run_tiled(_program(modules, None, store), z, latent, 1, float(f), device)
+
+
+def tiled_reconstruct(
+    model: AutoencoderKL, x: torch.Tensor, tiling: Tiling, storage: str | torch.device | None = None
+) -> torch.Tensor:
+    """``decode(z_mu)`` of ``x`` in tiles (:func:`tiled_encode` then :func:`tiled_decode`, same tiling)."""
+    z_mu, _ = tiled_encode(model, x, tiling, storage)
+    return tiled_decode(model, z_mu, tiling, storage)
+
+
+# ----------------------------------------------------------------------------------------------- seams
+def seam_ratio(image: torch.Tensor, borders: Sequence[Sequence[int]]) -> float:
+    """How visible tile borders are: the mean absolute step between neighbouring pixels across the borders,
+    divided by the mean step across lines halfway between borders (1.0: invisible; a seam makes it larger).
+
+    Args:
+        image: ``(C, *spatial)`` or ``(*spatial)``.
+        borders: per spatial axis, the positions ``b`` of tile borders (the step is ``image[b] - image[b-1]``).
+
+    Returns:
+        the ratio, or ``nan`` when the image has no inner border.
+    """
+    img = image.float()
+    nd = len(borders)
+    if img.ndim == nd:
+        img = img[None]
+    at, mid = [], []
+    for d, bs in enumerate(borders):
+        axis = 1 + d
+        n = img.shape[axis]
+        inner = sorted(b for b in bs if 0 < b < n)
+        if not inner:
+            continue
+        edges = [0, *inner, n]
+        centres = sorted({(lo + hi) // 2 for lo, hi in zip(edges, edges[1:]) if 0 < (lo + hi) // 2 < n})
+        for b in inner:
+            at.append((img.select(axis, b) - img.select(axis, b - 1)).abs().mean())
+        for c in centres:
+            mid.append((img.select(axis, c) - img.select(axis, c - 1)).abs().mean())
+    if not at or not mid:
+        return math.nan
+    inside = torch.stack(mid).mean().item()
+    return torch.stack(at).mean().item() / inside if inside > 0 else math.inf
+
+
+def output_borders(shape: Sequence[int], tiling: Tiling, factor: int) -> list[list[int]]:
+    """The tile borders of :func:`tiled_decode`'s output for an image of ``shape`` (a multiple of
+    ``factor``): where the latent tiles' cores meet, in image pixels."""
+    latent = tiling.scaled(factor)
+    axes = tile_grid([n // factor for n in shape], latent, 1)
+    return [[b * factor for b in a.bounds[1:-1]] for a in axes]
