@@ -22,7 +22,7 @@ from medgen.errors import MedgenError
 
 COMMANDS = (
     "medgen.cli.data",  # demo-data, check-data
-    "medgen.cli.train",  # train-vae, train-wgan
+    "medgen.cli.train",  # train-vae, train-wgan, train-ldm
     "medgen.cli.infer",  # reconstruct, encode, sample, fit-decoder
 )
 EXIT_ERROR = 2

@@ -3,6 +3,8 @@
 - ``transforms``: the MONAI dict transform chains (read, window, pad/resize, crop, augment), defined once.
 - ``datasets``: cached datasets (disk cache shared by ranks), per-epoch seeded loaders, skipping files that
   break mid-run.
+- ``latents``: whole-image latents cached on disk (keyed on the autoencoder and the image) and random
+  latent crops for latent diffusion.
 - ``check``: reading every item before training and the report ``medgen check-data`` prints.
 - ``demo``: synthetic panoramic-like radiographs and CBCT-like series in the edente/ dente/ layout.
 
