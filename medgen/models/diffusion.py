@@ -5,7 +5,8 @@ Training and sampling share these, so a checkpoint samples the way it was traine
 - :func:`build_unet`: MONAI ``DiffusionModelUNet`` from ``diffusion_def``; class-conditional models get three
   class embeddings, ``edente`` (0), ``dente`` (1) and ``NULL_CLASS`` (2, "no class", what label dropout trains).
 - :func:`training_scheduler`: DDPM (noise prediction) or rectified flow (velocity prediction).
-- :func:`sample_latents`: the reverse process from given noise with DDPM, DDIM or rectified flow steps.
+- :func:`sample_latents`: the reverse process from given noise with DDPM, DDIM or rectified flow steps;
+  :func:`generate_images`: that, then tiled decoding to images of any size.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from medgen.config import DiffusionDef
 from medgen.errors import InvalidValueError
 
 __all__ = ["CLASS_INDEX", "NULL_CLASS", "SAMPLERS", "build_unet", "training_scheduler", "sampling_scheduler",
-           "training_target", "sample_latents", "autoencoder_tiling"]
+           "training_target", "sample_latents", "autoencoder_tiling", "generate_images", "latent_noise_shape"]
 
 CLASS_INDEX = {"edente": 0, "dente": 1}
 NULL_CLASS = 2  # the "no class" embedding of classifier-free guidance
@@ -132,3 +133,51 @@ def autoencoder_tiling(vae_cfg) -> "Tiling":
 
     f = vae_cfg.autoencoder_def.downsample_factor
     return Tiling.of(tuple(vae_cfg.autoencoder_train.patch_size), 0.5, vae_cfg.spatial_dims, align=f)
+
+
+def _up(n: int, k: int) -> int:
+    return -(-n // k) * k
+
+
+@torch.no_grad()
+def generate_images(
+    unet: torch.nn.Module,
+    autoencoder: torch.nn.Module,
+    tiling,
+    scale_factor: float,
+    noise: torch.Tensor,
+    image_shape: Sequence[int],
+    trained_with: str,
+    sampler: str,
+    num_train_timesteps: int,
+    steps: int,
+    labels: Sequence[int] | None = None,
+    guidance_scale: float = 1.0,
+    generator: torch.Generator | None = None,
+    autocast=None,
+) -> torch.Tensor:
+    """Images of ``image_shape`` (any size) in [0, 1]: sample latents, unscale, decode in tiles, crop.
+
+    Args:
+        noise: ``(B, latent_channels, *latent_noise_shape(image_shape, ...))`` on the device to sample on.
+        the rest: see :func:`sample_latents`; ``tiling`` as for :func:`medgen.models.tiled.tiled_decode`.
+
+    The latent is sampled at the size :func:`latent_noise_shape` gives (the image's latent, rounded up to the
+    UNet's downsampling), cropped to the image's latent, decoded and cropped to ``image_shape``.
+
+    Returns:
+        ``(B, out_channels, *image_shape)`` float32 on the CPU.
+    """
+    from medgen.models.tiled import downsample_factor, tiled_decode
+
+    f = downsample_factor(autoencoder)
+    z = sample_latents(unet, noise, trained_with, sampler, num_train_timesteps, steps, labels, guidance_scale,
+                       generator, autocast)
+    z = z[(slice(None), slice(None), *(slice(0, -(-s // f)) for s in image_shape))]
+    images = tiled_decode(autoencoder, z / scale_factor, tiling)
+    return images[(slice(None), slice(None), *(slice(0, s) for s in image_shape))].clamp(0, 1).cpu()
+
+
+def latent_noise_shape(image_shape: Sequence[int], ae_factor: int, unet_factor: int) -> tuple[int, ...]:
+    """The latent size sampled for an image of ``image_shape``: its latent rounded up to the UNet's downsampling."""
+    return tuple(_up(-(-s // ae_factor), unet_factor) for s in image_shape)

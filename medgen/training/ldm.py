@@ -39,9 +39,9 @@ from medgen.data.latents import LatentCrops, file_stamp, latent_key, load_latent
 from medgen.data.transforms import deterministic_transforms
 from medgen.io.checkpoint import load_checkpoint, save_checkpoint
 from medgen.models.autoencoder import load_autoencoder
-from medgen.models.diffusion import (CLASS_INDEX, NULL_CLASS, autoencoder_tiling, build_unet, sample_latents,
-                                     training_scheduler, training_target)
-from medgen.models.tiled import tiled_decode, tiled_encode
+from medgen.models.diffusion import (CLASS_INDEX, NULL_CLASS, autoencoder_tiling, build_unet, generate_images,
+                                     latent_noise_shape, training_scheduler, training_target)
+from medgen.models.tiled import tiled_encode
 from medgen.training.base import Trainer, adam, lr_scheduler, wrap_ddp
 from medgen.training.distributed import all_gather_objects, all_reduce_sum
 from medgen.training.images import comparison_grid
@@ -317,16 +317,15 @@ class LDMTrainer(Trainer):
         """``count`` (default ``num_val_images``) decoded samples per class (``"all"``: unconditional) in [0, 1]
         at the training images' size, from fixed noise, with the validation sampler and guidance."""
         t, count = self.cfg.ldm_train, count or self.cfg.num_val_images
+        shape = latent_noise_shape(self.stats.image_shape, self.factor, self.cfg.diffusion_def.downsample_factor)
         g = torch.Generator().manual_seed(self.cfg.seed)
-        shape = (count, self.vae_cfg.autoencoder_def.latent_channels, *self.stats.latent_shape)
-        noise = torch.randn(shape, generator=g).to(self.dist.device)
+        noise = torch.randn((count, self.vae_cfg.autoencoder_def.latent_channels, *shape), generator=g).to(self.dist.device)
         sampler = "ddim" if t.scheduler == "ddpm" else "rflow"
-        classes = self.cfg.classes if self.cfg.conditional else ("all",)
         out = {}
-        for name in classes:
+        for name in self.cfg.classes if self.cfg.conditional else ("all",):
             labels = [CLASS_INDEX[name]] * count if self.cfg.conditional else None
-            z = sample_latents(self.sampling_unet.eval(), noise, t.scheduler, sampler, t.num_train_timesteps,
-                               t.num_inference_steps, labels, t.guidance_scale, torch.Generator().manual_seed(self.cfg.seed),
-                               self.precision.autocast)
-            out[name] = tiled_decode(self.autoencoder, z / self.stats.scale_factor, self.tiling).clamp(0, 1).cpu()
+            out[name] = generate_images(self.sampling_unet.eval(), self.autoencoder, self.tiling, self.stats.scale_factor,
+                                        noise, self.stats.image_shape, t.scheduler, sampler, t.num_train_timesteps,
+                                        t.num_inference_steps, labels, t.guidance_scale,
+                                        torch.Generator().manual_seed(self.cfg.seed), self.precision.autocast)
         return out
