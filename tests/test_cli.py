@@ -16,7 +16,7 @@ import pytest
 from conftest import ROOT, TINY, TINY_LDM
 from medgen.cli import build_parser, main
 
-SUBCOMMANDS = ("demo-data", "check-data", "train-vae", "train-wgan", "train-ldm", "reconstruct", "encode", "sample", "fit-decoder")
+SUBCOMMANDS = ("demo-data", "check-data", "train-vae", "train-wgan", "train-ldm", "reconstruct", "encode", "sample", "check-copies", "fit-decoder")
 
 
 PROGRESS = re.compile(r"\d+%\|")  # a tqdm bar (data scan, epochs) drawn before the interruption
@@ -42,6 +42,7 @@ BAD_ARGUMENTS = {
     "reconstruct": ["reconstruct", "--checkpoint", "c.pt", "--input", "x", "--output", "o", "--format", "jpg"],
     "encode": ["encode", "--checkpoint", "c.pt", "--output", "o"],
     "sample": ["sample", "--checkpoint", "c.pt", "--count", "3.5", "--output", "o"],
+    "check-copies": ["check-copies", "--samples", "s", "--train", "t", "--threshold", "low"],
     "fit-decoder": ["fit-decoder", "--input", "x.png", "--output", "o.png", "--steps", "-"],
 }
 
@@ -68,6 +69,7 @@ def _missing(tmp_path: Path) -> dict[str, list[str]]:
         "reconstruct": ["reconstruct", "--checkpoint", str(nowhere / "best.pt"), "--input", str(a_file), "--output", str(tmp_path / "o")],
         "encode": ["encode", "--checkpoint", str(nowhere / "best.pt"), "--input", str(a_file), "--output", str(tmp_path / "o")],
         "sample": ["sample", "--checkpoint", str(nowhere / "last.pt"), "--count", "2", "--output", str(tmp_path / "o")],
+        "check-copies": ["check-copies", "--samples", str(nowhere), "--train", str(a_file)],
         "fit-decoder": ["fit-decoder", "--input", str(nowhere / "pano.png"), "--output", str(tmp_path / "o.png")],
     }
 
@@ -89,6 +91,7 @@ INTERRUPT_AT = {
     "reconstruct": "medgen.inference.autoencoder.preprocess",
     "encode": "medgen.inference.autoencoder.preprocess",
     "sample": "medgen.inference.sample.generate",
+    "check-copies": "medgen.inference.copies.read_windowed",
     "fit-decoder": "medgen.inference.fit_decoder.fit_decoder",
 }
 
@@ -121,6 +124,7 @@ def _runs(command: str, tmp_path: Path, demo2d: Path, checkpoints) -> list[str]:
         "reconstruct": ["reconstruct", "--checkpoint", str(vae), "--input", str(image), "--output", str(tmp_path / "o")],
         "encode": ["encode", "--checkpoint", str(vae), "--input", str(image), "--output", str(tmp_path / "o")],
         "sample": ["sample", "--checkpoint", str(wgan), "--count", "2", "--output", str(tmp_path / "o")],
+        "check-copies": ["check-copies", "--samples", str(demo2d / "dente"), "--train", str(demo2d)],
         "fit-decoder": ["fit-decoder", "--input", str(image), "--output", str(tmp_path / "o.png")],
     }[command]
 

@@ -85,3 +85,34 @@ def test_bad_sampling_arguments_are_one_line(ldm, tmp_path, capsys, extra, messa
     assert _sample(ldm, tmp_path / "x", "--count", "1", *extra) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
+
+
+def _check(samples, train, out, *extra) -> int:
+    return main(["check-copies", "--samples", str(samples), "--train", str(train), "--output", str(out), *extra])
+
+
+def test_check_copies_flags_a_copied_training_image_and_passes_generated_samples(ldm, demo2d, tmp_path, capsys):
+    import json
+    import shutil
+
+    samples = tmp_path / "samples"
+    assert _sample(ldm, samples, "--class", "dente", "--count", "3", "--steps", "3") == 0
+    assert _check(samples, demo2d, tmp_path / "clean") == 0
+    report = json.loads((tmp_path / "clean" / "copy_check.json").read_text())
+    assert report["flagged"] == [] and report["num_train"] == 10 and report["num_samples"] == 3
+    assert 0 < report["threshold"] < min(r["distance"] for r in report["samples"])
+    # a training radiograph copied among the samples: found, and the exit code says so
+    copied = next((demo2d / "edente").glob("*.dcm"))
+    shutil.copy(copied, samples / "copied.dcm")
+    capsys.readouterr()
+    assert _check(samples, demo2d, tmp_path / "leak") == 1
+    report = json.loads((tmp_path / "leak" / "copy_check.json").read_text())
+    assert report["flagged"] == ["copied.dcm"]
+    assert report["samples"][0]["nearest_train"] == f"edente/{copied.name}" and report["samples"][0]["distance"] < 1e-6
+    assert "1 closer than" in capsys.readouterr().out
+    sheet = read_image(tmp_path / "leak" / "closest_pairs.png")[0]
+    assert sheet.shape[-1] == 2 * 128 + 4  # sample | training image
+
+
+def test_check_copies_threshold_can_be_given(ldm, demo2d, tmp_path):
+    assert _check(demo2d / "dente", demo2d, tmp_path / "o", "--threshold", "0.5") == 1  # the training images themselves

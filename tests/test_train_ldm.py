@@ -83,7 +83,9 @@ def test_two_epochs_write_scale_factor_ema_and_tensorboard(run2d):
 
     acc = EventAccumulator(str(run2d / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
     acc.Reload()
-    assert {"loss/diffusion", "lr/unet", "latent/scale_factor", "val/loss", "throughput/images_per_s"} <= set(acc.Tags()["scalars"])
+    assert {"loss/diffusion", "lr/unet", "latent/scale_factor", "val/loss", "throughput/images_per_s",
+            "val/nearest_train_distance"} <= set(acc.Tags()["scalars"])
+    assert 0 < acc.Scalars("val/nearest_train_distance")[-1].value <= 2
     assert {"val/samples_edente", "val/samples_dente"} <= set(acc.Tags()["images"])
     grid = acc.Images("val/samples_dente")[-1]
     assert grid.height == 2 * (40 + 2)  # 2 samples at the training images' full size

@@ -23,7 +23,7 @@ from medgen.errors import MedgenError
 COMMANDS = (
     "medgen.cli.data",  # demo-data, check-data
     "medgen.cli.train",  # train-vae, train-wgan, train-ldm
-    "medgen.cli.infer",  # reconstruct, encode, sample, fit-decoder
+    "medgen.cli.infer",  # reconstruct, encode, sample, check-copies, fit-decoder
 )
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C

@@ -1,4 +1,4 @@
-"""``medgen reconstruct``, ``encode``, ``sample`` and ``fit-decoder``: using trained (or fitted) networks."""
+"""``medgen reconstruct``, ``encode``, ``sample``, ``check-copies`` and ``fit-decoder``: using trained (or fitted) networks."""
 
 from __future__ import annotations
 
@@ -51,6 +51,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ldm.add_argument("--scheduler", choices=("ddim", "ddpm", "rflow"), help="sampler (default ddim; rflow for rectified-flow models)")
     ldm.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the training's guidance_scale)")
     p.set_defaults(func=sample)
+
+    p = subparsers.add_parser(
+        "check-copies", help="flag generated images that are (nearly) copies of training images",
+        description="Nearest training image of each generated image by 1 - NCC of 64x64 (volumes 32^3) thumbnails; "
+                    "writes copy_check.json and closest_pairs.png and exits 1 when a sample is closer to a training "
+                    "image than the threshold (default: calibrated on the distances between distinct training images).",
+    )
+    p.add_argument("--samples", required=True, help="folder of generated images (e.g. the output of medgen sample)")
+    p.add_argument("--train", required=True, help="training config JSON (its training split) or a folder of training images")
+    p.add_argument("--threshold", type=float, default=None, help="flag distances below this (default: calibrated)")
+    p.add_argument("--output", default=None, help="folder for the report and sheet (default: <samples>_copy_check)")
+    p.set_defaults(func=check_copies)
 
     p = subparsers.add_parser(
         "fit-decoder",
@@ -123,6 +135,18 @@ def sample(args: argparse.Namespace) -> int:
                                 force=args.force)
     print(f"wrote {len(paths)} images to {args.output}")
     return 0
+
+
+def check_copies(args: argparse.Namespace) -> int:
+    from medgen.inference.copies import check_copies as check
+
+    r = check(args.samples, args.train, args.output, args.threshold)
+    closest = r["samples"][0] if r["samples"] else None
+    print(f"{r['num_samples']} samples against {r['num_train']} training images: "
+          f"{len(r['flagged'])} closer than {r['threshold']:.4g} (1 - NCC)"
+          + (f"; closest {closest['sample']} ~ {closest['nearest_train']} at {closest['distance']:.4g}" if closest else "")
+          + f"; report in {r['output']}")
+    return 1 if r["flagged"] else 0
 
 
 def fit_decoder(args: argparse.Namespace) -> int:

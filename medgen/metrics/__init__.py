@@ -1,4 +1,5 @@
-"""Sample and reconstruction quality: PSNR/SSIM, weight-free diversity and histogram distances, FID/KID."""
+"""Sample and reconstruction quality: PSNR/SSIM, weight-free diversity and histogram distances, FID/KID,
+and the copy check (nearest training image of each sample, :mod:`medgen.metrics.copies`)."""
 
 from __future__ import annotations
 

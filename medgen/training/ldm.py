@@ -13,7 +13,8 @@ What differs from the other methods:
   from the whole-image latents, class-conditional on edente/dente with label dropout (classifier-free
   guidance), gradient accumulation, EMA weights for samples.
 - **validation**: the diffusion loss on fixed centre crops of the validation latents (fixed noise and
-  timesteps), and per class decoded samples at full image size from fixed noise (TensorBoard).
+  timesteps), per class decoded samples at full image size from fixed noise (TensorBoard), and their
+  copy-check distance to the nearest training image (``val/nearest_train_distance``).
 
 The loop, checkpoints, resume, logging and launch are :class:`medgen.training.base.Trainer`'s. The
 checkpoint also holds the autoencoder and its config, so ``medgen sample`` needs nothing else.
@@ -36,7 +37,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from medgen.config import ConfigError, LDMConfig, VAEConfig, to_dict
 from medgen.data.latents import LatentCrops, file_stamp, latent_key, load_latent
-from medgen.data.transforms import deterministic_transforms
+from medgen.data.transforms import deterministic_transforms, read_windowed
+from medgen.metrics.copies import nearest, thumbnail
 from medgen.io.checkpoint import load_checkpoint, save_checkpoint
 from medgen.models.autoencoder import load_autoencoder
 from medgen.models.diffusion import (CLASS_INDEX, NULL_CLASS, autoencoder_tiling, build_unet, generate_images,
@@ -167,6 +169,7 @@ class LDMTrainer(Trainer):
             self.track(ema=self.ema)
         self.log_lr(unet=self.opt)
         self.unet_ddp = wrap_ddp(self.unet, self.dist)
+        self._train_thumbnails: torch.Tensor | None = None
 
     @property
     def sampling_unet(self) -> torch.nn.Module:
@@ -308,10 +311,21 @@ class LDMTrainer(Trainer):
         if self.dist.is_main and self.writer is not None:
             if metrics:
                 self.writer.add_scalar("val/loss", metrics["val_loss"], self.global_step)
-            for name, images in self.samples().items():
+            samples = self.samples()
+            for name, images in samples.items():
                 self.writer.add_image(f"val/samples_{name}", comparison_grid([images]), self.global_step)
+            metrics["nearest_train_distance"] = self.nearest_train_distance(torch.cat(list(samples.values())))
+            self.writer.add_scalar("val/nearest_train_distance", metrics["nearest_train_distance"], self.global_step)
         self.unet.train()
         return metrics
+
+    def nearest_train_distance(self, images: torch.Tensor) -> float:
+        """The smallest copy-check distance (:mod:`medgen.metrics.copies`) of ``images`` to any training image:
+        near 0, the model reproduces a training image."""
+        if self._train_thumbnails is None:  # read once, at the first validation
+            self._train_thumbnails = torch.stack([thumbnail(read_windowed(it["image"], self.cfg.intensity_percentiles))
+                                                  for it in self.train_items])
+        return nearest(torch.stack([thumbnail(x) for x in images]), self._train_thumbnails)[0].min().item()
 
     def samples(self, count: int | None = None) -> dict[str, torch.Tensor]:
         """``count`` (default ``num_val_images``) decoded samples per class (``"all"``: unconditional) in [0, 1]
