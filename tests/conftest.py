@@ -22,6 +22,16 @@ TINY = [
     "num_workers=0", "scan_workers=0", "data_source=both", "log_interval=1",
 ]
 
+# A UNet small enough for 2 CPU cores: 2 levels (8, 16), attention on the deeper one, non-square 8x16 crops.
+TINY_LDM = [
+    "diffusion_def.channels=[8,16]", "diffusion_def.attention_levels=[false,true]", "diffusion_def.num_res_blocks=1",
+    "diffusion_def.num_head_channels=8", "diffusion_def.norm_num_groups=4",
+    "ldm_train.latent_patch_size=[8,16]", "ldm_train.batch_size=2", "ldm_train.max_epochs=2",
+    "ldm_train.num_train_timesteps=100", "ldm_train.num_inference_steps=3", "ldm_train.val_interval=1",
+    "ldm_train.ema_decay=0.9", "ldm_train.lr=1e-3", "num_val_images=2",
+    "num_workers=0", "scan_workers=0", "data_source=both", "log_interval=1",
+]
+
 
 @pytest.fixture(scope="session", autouse=True)
 def weights_home(tmp_path_factory) -> Path:

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, TINY
+from conftest import ROOT, TINY, TINY_LDM
 from medgen.cli import build_parser, main
 
-SUBCOMMANDS = ("demo-data", "check-data", "train-vae", "train-wgan", "reconstruct", "encode", "decode", "sample",
-               "fit-decoder", "weights")
+SUBCOMMANDS = ("demo-data", "check-data", "train-vae", "train-wgan", "train-ldm", "reconstruct", "encode", "decode",
+               "sample", "check-copies", "fit-decoder", "weights")
 
 
 PROGRESS = re.compile(r"\d+%\|")  # a tqdm bar (data scan, epochs) drawn before the interruption
@@ -39,10 +39,12 @@ BAD_ARGUMENTS = {
     "check-data": ["check-data", "data", "--spatial-dims", "4"],
     "train-vae": ["train-vae", "vae_config.json", "--sett", "lr=1"],
     "train-wgan": ["train-wgan"],
+    "train-ldm": ["train-ldm", "ldm_config.json", "--set"],
     "reconstruct": ["reconstruct", "--checkpoint", "c.pt", "--input", "x", "--output", "o", "--format", "jpg"],
     "encode": ["encode", "--checkpoint", "c.pt", "--output", "o"],
     "decode": ["decode", "--checkpoint", "c.pt", "--input", "lat", "--output", "o", "--tile-size", "big"],
     "sample": ["sample", "--checkpoint", "c.pt", "--count", "3.5", "--output", "o"],
+    "check-copies": ["check-copies", "--samples", "s", "--train", "t", "--threshold", "low"],
     "fit-decoder": ["fit-decoder", "--input", "x.png", "--output", "o.png", "--steps", "-"],
     "weights": ["weights", "fetch"],
 }
@@ -66,10 +68,12 @@ def _missing(tmp_path: Path) -> dict[str, list[str]]:
         "check-data": ["check-data", str(nowhere)],
         "train-vae": ["train-vae", str(nowhere / "vae_config.json")],
         "train-wgan": ["train-wgan", str(nowhere / "wgan_config.json")],
+        "train-ldm": ["train-ldm", str(nowhere / "ldm_config.json")],
         "reconstruct": ["reconstruct", "--checkpoint", str(nowhere / "best.pt"), "--input", str(a_file), "--output", str(tmp_path / "o")],
         "encode": ["encode", "--checkpoint", str(nowhere / "best.pt"), "--input", str(a_file), "--output", str(tmp_path / "o")],
         "decode": ["decode", "--checkpoint", str(nowhere / "best.pt"), "--input", str(a_file), "--output", str(tmp_path / "o")],
         "sample": ["sample", "--checkpoint", str(nowhere / "last.pt"), "--count", "2", "--output", str(tmp_path / "o")],
+        "check-copies": ["check-copies", "--samples", str(nowhere), "--train", str(a_file)],
         "fit-decoder": ["fit-decoder", "--input", str(nowhere / "pano.png"), "--output", str(tmp_path / "o.png")],
         "weights": ["weights", "import", str(nowhere / "radimagenet_resnet50.tar")],
     }
@@ -88,10 +92,12 @@ INTERRUPT_AT = {
     "check-data": "medgen.data.check.read_image_and_info",
     "train-vae": "medgen.training.base.Trainer.train_epoch",
     "train-wgan": "medgen.training.base.Trainer.train_epoch",
+    "train-ldm": "medgen.training.base.Trainer.train_epoch",
     "reconstruct": "medgen.data.whole.preprocess",
     "encode": "medgen.data.whole.preprocess",
     "decode": "medgen.inference.autoencoder.decode_latents",
     "sample": "medgen.inference.sample.generate",
+    "check-copies": "medgen.inference.copies.read_windowed",
     "fit-decoder": "medgen.inference.fit_decoder.fit_decoder",
     "weights": "medgen.io.weights._download",
 }
@@ -120,10 +126,13 @@ def _runs(command: str, tmp_path: Path, demo2d: Path, checkpoints) -> list[str]:
         "train-vae": ["train-vae", "vae_config.json", *[f"--set={s}" for s in sets]],
         "train-wgan": ["train-wgan", "wgan_config.json", "--set=num_workers=0", "--set=scan_workers=0",
                        "--set=data_source=both", f"--set=data_base_dir={demo2d}", f"--set=run_dir={tmp_path / 'run'}"],
+        "train-ldm": ["train-ldm", "ldm_config.json", *[f"--set={s}" for s in (*TINY_LDM, f"autoencoder_checkpoint={vae}",
+                      f"data_base_dir={demo2d}", f"run_dir={tmp_path / 'run'}")]],
         "reconstruct": ["reconstruct", "--checkpoint", str(vae), "--input", str(image), "--output", str(tmp_path / "o")],
         "encode": ["encode", "--checkpoint", str(vae), "--input", str(image), "--output", str(tmp_path / "o")],
         "decode": ["decode", "--checkpoint", str(vae), "--input", "LATENTS", "--output", str(tmp_path / "o")],
         "sample": ["sample", "--checkpoint", str(wgan), "--count", "2", "--output", str(tmp_path / "o")],
+        "check-copies": ["check-copies", "--samples", str(demo2d / "dente"), "--train", str(demo2d)],
         "fit-decoder": ["fit-decoder", "--input", str(image), "--output", str(tmp_path / "o.png")],
         "weights": ["weights", "fetch", "radimagenet_resnet50", "--to", str(tmp_path / "weights")],
     }[command]

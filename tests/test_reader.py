@@ -453,3 +453,21 @@ def test_images_without_series_or_positions_are_not_stacked(tmp_path):
     with pytest.raises(ImageReadError) as err:
         read_image(folder)
     assert err.value.reason == "not_a_volume" and "no series and no slice positions" in err.value.detail
+
+
+def test_a_zero_pixel_spacing_counts_as_absent(tmp_path):
+    """Real CR files carry PixelSpacing 0.000\\0.000; a zero spacing would make a singular NIfTI affine."""
+    import numpy as np
+    import pydicom
+
+    from medgen.io import read_image, write_image
+
+    path = write_image(np.arange(24 * 20, dtype=np.uint16).reshape(1, 24, 20), tmp_path / "cr.dcm", spacing=(0.2, 0.2))
+    ds = pydicom.dcmread(path)
+    ds.PixelSpacing = [0.0, 0.0]
+    ds.ImagerPixelSpacing = [0.14, 0.15]
+    ds.save_as(path)
+    assert read_image(path)[1] == pytest.approx((0.14, 0.15))
+    del ds.ImagerPixelSpacing
+    ds.save_as(path)
+    assert read_image(path)[1] == (1.0, 1.0)

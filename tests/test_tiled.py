@@ -135,3 +135,21 @@ def test_out_of_memory_names_the_setting_to_lower(tmp_path, monkeypatch, capsys)
                  "--tile-size", "64"]) == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("medgen")]
     assert len(lines) == 1 and "lower --tile-size" in lines[0] and "pano" in lines[0] and "64x64" in lines[0]
+
+
+def test_a_real_full_size_radiograph_reconstructs_at_its_size_without_seams(tmp_path):
+    """pydicom-data's RG1_UNCI.dcm (CR, 1955 x 1841, MONOCHROME1) through `medgen reconstruct --report` with a
+    model that has non-local attention in both bottlenecks."""
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("RG1_UNCI.dcm")
+    if path is None:
+        pytest.skip("pydicom-data is not installed (pip install pydicom-data)")
+    ckpt = _checkpoint(tmp_path / "ae.pt", "autoencoder_def.channels=[8,16,16]", "autoencoder_def.attention_levels=[false,false,true]")
+    assert main(["reconstruct", "--checkpoint", str(ckpt), "--input", str(path), "--output", str(tmp_path / "rec"),
+                 "--tile-size", "256", "--report"]) == 0
+    out, _ = read_image(tmp_path / "rec" / "RG1_UNCI.nii.gz")
+    assert out.shape == (1, 1955, 1841)
+    report = json.loads((tmp_path / "rec" / "reconstruct_report.json").read_text())
+    assert report["images"]["RG1_UNCI"]["model_shape"] == [1956, 1844]  # padded to the downsampling factor 4
+    assert report["seam_ratio_max"] <= 1.10

@@ -22,8 +22,8 @@ from medgen.errors import MedgenError
 
 COMMANDS = (
     "medgen.cli.data",  # demo-data, check-data
-    "medgen.cli.train",  # train-vae, train-wgan
-    "medgen.cli.infer",  # reconstruct, encode, sample, fit-decoder
+    "medgen.cli.train",  # train-vae, train-wgan, train-ldm
+    "medgen.cli.infer",  # reconstruct, encode, decode, sample, check-copies, fit-decoder
     "medgen.cli.weights",  # weights list / fetch / export / import / verify
 )
 EXIT_ERROR = 2

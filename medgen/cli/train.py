@@ -1,4 +1,4 @@
-"""``medgen train-vae`` and ``medgen train-wgan`` (also ``scripts/train_vae.py`` / ``scripts/train_wgan.py``)."""
+"""``medgen train-vae``, ``train-wgan`` and ``train-ldm`` (also ``scripts/train_vae.py``, ``train_wgan.py``, ``train_ldm.py``)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ import argparse
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from medgen.training.base import add_arguments
+    from medgen.training.ldm import LDMTrainer
     from medgen.training.vae import VAETrainer
     from medgen.training.wgan import WGANTrainer
 
     for trainer_cls, help_text in (
         (VAETrainer, "train the AutoencoderKL (VAE-GAN; same as scripts/train_vae.py)"),
         (WGANTrainer, "train a WGAN-GP or GAN (same as scripts/train_wgan.py)"),
+        (LDMTrainer, "train a latent diffusion model on a trained autoencoder (same as scripts/train_ldm.py)"),
     ):
         p = subparsers.add_parser(f"train-{trainer_cls.name}", help=help_text, description=help_text)
         add_arguments(p, trainer_cls)

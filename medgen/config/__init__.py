@@ -2,10 +2,12 @@
 
 - ``core``: dataclass <-> JSON, strict keys and types, ``--set`` parsing, :class:`ConfigError`.
 - ``run``: :class:`RunConfig`, the paths, data and run keys every trainer shares, and :func:`load_config`.
-- ``vae``: ``vae_config.json`` (:class:`VAEConfig`); ``wgan``: ``wgan_config.json`` (:class:`WGANConfig`).
+- ``vae``: ``vae_config.json`` (:class:`VAEConfig`); ``wgan``: ``wgan_config.json`` (:class:`WGANConfig`);
+  ``ldm``: ``ldm_config.json`` (:class:`LDMConfig`).
 """
 
 from medgen.config.core import ConfigError, apply_overrides, from_dict, read_json, to_dict
 from medgen.config.run import RunConfig, load_config
 from medgen.config.vae import AutoencoderDef, AutoencoderTrain, DiscriminatorDef, VAEConfig
 from medgen.config.wgan import CriticDef, GeneratorDef, WGANConfig, WGANTrain
+from medgen.config.ldm import DiffusionDef, LDMConfig, LDMTrain

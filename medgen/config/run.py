@@ -15,7 +15,7 @@ from typing import Literal
 from medgen.config.core import ConfigError, apply_overrides, read_json
 
 # Keys naming inputs that must already exist; resolved against the config's folder when not found here.
-INPUT_PATH_KEYS = ("data_base_dir", "val_dir", "resume_from")
+INPUT_PATH_KEYS = ("data_base_dir", "val_dir", "resume_from", "autoencoder_checkpoint")
 
 
 @dataclass
@@ -87,8 +87,8 @@ def load_config(path: str | Path | None, overrides: list[str] = (), cls=None):
     Args:
         path: the JSON file.
         overrides: ``key.path=VALUE`` strings (``--set``).
-        cls: the config class (``VAEConfig``, ``WGANConfig``); None picks it from the file's sections
-            (``wgan_train`` -> WGAN, otherwise VAE).
+        cls: the config class (``VAEConfig``, ``WGANConfig``, ``LDMConfig``); None picks it from the file's
+            sections (``wgan_train`` -> WGAN, ``ldm_train`` or ``diffusion_def`` -> LDM, otherwise VAE).
 
     Returns:
         the validated config, its input paths resolved (see the module docstring).
@@ -96,10 +96,16 @@ def load_config(path: str | Path | None, overrides: list[str] = (), cls=None):
     data = read_json(path) if path is not None else {}
     apply_overrides(data, list(overrides))
     if cls is None:
+        from medgen.config.ldm import LDMConfig
         from medgen.config.vae import VAEConfig
         from medgen.config.wgan import WGANConfig
 
-        cls = WGANConfig if "wgan_train" in data else VAEConfig
+        if "wgan_train" in data:
+            cls = WGANConfig
+        elif "ldm_train" in data or "diffusion_def" in data:
+            cls = LDMConfig
+        else:
+            cls = VAEConfig
     for key in INPUT_PATH_KEYS:
         if isinstance(data.get(key), str):
             data[key] = resolve_input_path(data[key], path)

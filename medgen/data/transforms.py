@@ -104,13 +104,23 @@ class ScaleIntensityRangePercentilesNumpyd(MapTransform):
         return d
 
 
+def window_transforms(percentiles: Sequence[float], keys: str = "image") -> list:
+    """Read, then window the ``percentiles`` to [0, 1] (clipped)."""
+    lo, hi = percentiles
+    return [LoadDentalImaged(keys), ScaleIntensityRangePercentilesNumpyd(keys, lower=lo, upper=hi, b_min=0.0, b_max=1.0, clip=True)]
+
+
+def read_windowed(path: str, percentiles: Sequence[float] = (0.5, 99.5)) -> torch.Tensor:
+    """One image read and windowed to [0, 1] at its own size: a plain float32 tensor ``(C, *spatial)``."""
+    data = {"image": str(path)}
+    for t in window_transforms(percentiles):
+        data = t(data)
+    return torch.as_tensor(np.asarray(data["image"]), dtype=torch.float32)
+
+
 def deterministic_transforms(cfg: RunConfig, patch_size: Sequence[int], keys: str = "image") -> list:
     """Read, window to [0, 1], then resize to ``patch_size`` or pad up to it (``patch_mode``)."""
-    lo, hi = cfg.intensity_percentiles
-    chain = [
-        LoadDentalImaged(keys),
-        ScaleIntensityRangePercentilesNumpyd(keys, lower=lo, upper=hi, b_min=UNIT_RANGE[0], b_max=UNIT_RANGE[1], clip=True),
-    ]
+    chain = window_transforms(cfg.intensity_percentiles, keys)
     if cfg.patch_mode == "resize":
         chain.append(Resized(keys, spatial_size=tuple(patch_size), mode="area"))
     else:

@@ -49,7 +49,7 @@ from medgen.io.checkpoint import load_checkpoint, save_checkpoint
 from medgen.io.files import atomic_path, write_text_atomic
 from medgen.data.whole import model_input, preprocess, to_image_shape as _to_image_shape
 from medgen.models.autoencoder import build_autoencoder, load_autoencoder
-from medgen.models.tiled import OVERLAP, Tiling, default_tiling, downsample_factor, output_borders, seam_ratio, tiled_decode, tiled_encode
+from medgen.models.tiled import Tiling, downsample_factor, tiling_for, output_borders, seam_ratio, tiled_decode, tiled_encode
 
 __all__ = [
     "InputItem",
@@ -144,18 +144,6 @@ def load_model(
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def tiling_for(
-    cfg: VAEConfig, tile_size: int | Sequence[int] | None = None, overlap: float | None = None, norm: str | None = None
-) -> Tiling:
-    """The tiling of a model trained with ``cfg`` (:func:`medgen.models.tiled.default_tiling` where not given):
-    ``tile_size`` image pixels (one or one per axis), ``overlap`` a fraction of the tile (below 1) or pixels,
-    ``norm`` the GroupNorm statistics (``"image"`` or ``"tile"``)."""
-    f = cfg.autoencoder_def.downsample_factor
-    default = default_tiling(cfg.autoencoder_train.patch_size, f)
-    return Tiling.of(default.tile if tile_size is None else tile_size, OVERLAP if overlap is None else overlap,
-                     cfg.spatial_dims, align=f, norm=norm or default.norm)
 
 
 class InferenceMemoryError(MedgenError):

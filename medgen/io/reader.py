@@ -604,14 +604,23 @@ def _modality_and_polarity(stored: np.ndarray, ds, src, photometric: str) -> Pix
 
 
 def _pixel_spacing(ds) -> tuple[float, float]:
+    """Row and column spacing in mm: the first usable of the spacing attributes, else 1 mm. Zero, negative or
+    non-numeric values (real CR files carry ``PixelSpacing`` 0.000\\0.000) count as absent."""
+
+    def usable(value) -> tuple[float, float] | None:
+        try:
+            pair = (float(value[0]), float(value[1])) if value is not None and len(value) == 2 else None
+        except (TypeError, ValueError):
+            return None
+        return pair if pair is not None and all(np.isfinite(v) and v > 0 for v in pair) else None
+
     for key in ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing"):
-        value = ds.get(key)
-        if value is not None and len(value) == 2:
-            return float(value[0]), float(value[1])
+        found = usable(ds.get(key))
+        if found:
+            return found
     item = _functional_item(ds, 0, "PixelMeasuresSequence", "PixelSpacing")
-    if item is not None and item.get("PixelSpacing") is not None:
-        return float(item.PixelSpacing[0]), float(item.PixelSpacing[1])
-    return 1.0, 1.0
+    found = usable(item.get("PixelSpacing")) if item is not None else None
+    return found or (1.0, 1.0)
 
 
 def _slice_normal(orientation: Sequence[float]) -> np.ndarray:

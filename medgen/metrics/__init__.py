@@ -1,5 +1,6 @@
 """Sample and reconstruction quality: PSNR/SSIM, weight-free diversity and histogram distances, FID/KID (on a
-feature network from a local file or from the weights directory)."""
+feature network from a local file or from the weights directory), and the copy check (nearest training image
+of each sample, :mod:`medgen.metrics.copies`)."""
 
 from __future__ import annotations
 

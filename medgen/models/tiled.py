@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from itertools import product
 
 import torch
@@ -46,7 +47,10 @@ from torch import nn
 
 from medgen.errors import InvalidValueError
 
-__all__ = ["Tiling", "tile_grid", "tiled_encode", "tiled_decode", "tiled_reconstruct", "seam_ratio", "output_borders", "default_tiling", "downsample_factor"]
+if TYPE_CHECKING:
+    from medgen.config import VAEConfig
+
+__all__ = ["Tiling", "tiling_for", "tile_grid", "tiled_encode", "tiled_decode", "tiled_reconstruct", "seam_ratio", "output_borders", "default_tiling", "downsample_factor"]
 
 # A GroupNorm request from a tile: (the norm layer, the tile's activation before it).
 _Request = tuple[nn.GroupNorm, torch.Tensor]
@@ -99,6 +103,18 @@ def default_tiling(patch_size: Sequence[int], factor: int, overlap: float = OVER
     """Tiles of the training patch (GroupNorm statistics and attention context as in training),
     overlapping by ``overlap`` of the tile."""
     return Tiling.of([int(p) for p in patch_size], overlap, len(patch_size), align=factor, norm=norm)
+
+
+def tiling_for(
+    cfg: "VAEConfig", tile_size: int | Sequence[int] | None = None, overlap: float | None = None, norm: str | None = None
+) -> Tiling:
+    """The tiling of a model trained with ``cfg`` (:func:`medgen.models.tiled.default_tiling` where not given):
+    ``tile_size`` image pixels (one or one per axis), ``overlap`` a fraction of the tile (below 1) or pixels,
+    ``norm`` the GroupNorm statistics (``"image"`` or ``"tile"``)."""
+    f = cfg.autoencoder_def.downsample_factor
+    default = default_tiling(cfg.autoencoder_train.patch_size, f)
+    return Tiling.of(default.tile if tile_size is None else tile_size, OVERLAP if overlap is None else overlap,
+                     cfg.spatial_dims, align=f, norm=norm or default.norm)
 
 
 @dataclass(frozen=True)

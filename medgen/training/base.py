@@ -266,6 +266,10 @@ class Trainer:
         """Validation measures (called on every rank; a method may return {} on ranks that do not measure)."""
         raise NotImplementedError
 
+    def batch_extras(self, batch: dict) -> tuple:
+        """Further arguments of :meth:`train_step` taken from a loader batch (e.g. class labels); none by default."""
+        return ()
+
     def scalar_tag(self, name: str) -> str:
         """The TensorBoard tag of a :meth:`train_step` scalar."""
         return f"loss/{name}"
@@ -354,7 +358,7 @@ class Trainer:
                    disable=not (self.dist.is_main and self.progress_bars))
         for batch in bar:
             images = batch["image"].to(self.dist.device, non_blocking=True)
-            losses = self.train_step(images)
+            losses = self.train_step(images, *self.batch_extras(batch))
             if self._step_skipped:
                 self._count_nonfinite(losses)
                 losses = {k: v for k, v in losses.items() if torch.isfinite(v)}  # keep the epoch means finite

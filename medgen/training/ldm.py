@@ -1,0 +1,346 @@
+"""The latent diffusion trainer: a MONAI ``DiffusionModelUNet`` in the latent space of a frozen medgen autoencoder.
+
+What differs from the other methods:
+
+- **latents**: every training and validation image is read as the autoencoder was trained (its window,
+  ``patch_mode`` and ``patch_size`` padding), padded to a multiple of its downsampling factor and encoded
+  once, whole, in tiles (:func:`medgen.models.tiled.tiled_encode`); ``z_mu`` is cached on disk under
+  ``cache_dir`` (or ``run_dir/cache``)/``latents`` (:mod:`medgen.data.latents`: a new autoencoder file or an
+  edited image gets a new cache entry). Ranks encode their share of the images in parallel.
+- **scale factor**: ``1 / std`` of all training latents (sums of every rank's share, all-reduced), saved in
+  the checkpoint (``latent_stats``) and logged; the UNet sees ``z * scale_factor``.
+- **steps**: DDPM noise prediction (or rectified-flow velocity) on random crops of ``latent_patch_size``
+  from the whole-image latents, class-conditional on edente/dente with label dropout (classifier-free
+  guidance), gradient accumulation, EMA weights for samples.
+- **validation**: the diffusion loss on fixed centre crops of the validation latents (fixed noise and
+  timesteps), per class decoded samples at full image size from fixed noise (TensorBoard), and their
+  copy-check distance to the nearest training image (``val/nearest_train_distance``).
+
+The loop, checkpoints, resume, logging and launch are :class:`medgen.training.base.Trainer`'s. The
+checkpoint also holds the autoencoder and its config, so ``medgen sample`` needs nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections import Counter
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from monai.transforms import DivisiblePad
+from monai.utils import convert_to_tensor
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from medgen.config import ConfigError, LDMConfig, VAEConfig, to_dict
+from medgen.data.latents import LatentCrops, file_stamp, latent_key, load_latent
+from medgen.data.transforms import deterministic_transforms, read_windowed
+from medgen.metrics.copies import nearest, thumbnail
+from medgen.io.checkpoint import load_checkpoint, save_checkpoint
+from medgen.models.autoencoder import load_autoencoder
+from medgen.models.tiled import tiling_for
+from medgen.models.diffusion import (CLASS_INDEX, NULL_CLASS, build_unet, generate_images,
+                                     latent_noise_shape, training_scheduler, training_target)
+from medgen.models.tiled import tiled_encode
+from medgen.training.base import Trainer, adam, lr_scheduler, wrap_ddp
+from medgen.training.distributed import all_gather_objects, all_reduce_sum
+from medgen.training.images import comparison_grid
+
+log = logging.getLogger("medgen.train")
+
+
+def autoencoder_config(path: str | Path) -> VAEConfig:
+    """The VAE config stored in a medgen autoencoder checkpoint (``autoencoder_checkpoint``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"autoencoder_checkpoint={path} does not exist; train an autoencoder first "
+                          "(`medgen train-vae vae_config.json`) and give its run_dir/checkpoints/best.pt")
+    ckpt = load_checkpoint(path, mmap=True)  # mmap: the config without reading every tensor
+    stored = ckpt.get("config")
+    if not isinstance(stored, dict) or "autoencoder_def" not in stored or "autoencoder" not in ckpt:
+        raise ConfigError(f"autoencoder_checkpoint={path} was not written by `medgen train-vae` (no autoencoder "
+                          "weights and config); give a VAE run's checkpoints/best.pt or last.pt")
+    return VAEConfig.from_dict(stored)
+
+
+class LatentStats:
+    """What the training latents are: ``scale_factor`` (1 / std), ``mean``, ``std``, ``count`` (values),
+    ``latent_shape`` (the most common whole-image latent size: samples default to it) and ``image_shape``."""
+
+    def __init__(self) -> None:
+        self.scale_factor, self.mean, self.std, self.count = 1.0, 0.0, 1.0, 0
+        self.latent_shape: list[int] = []
+        self.image_shape: list[int] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        vars(self).update(state)
+
+
+class AccumulatedGrads:
+    """The gradients summed so far in an accumulation group: saved so that a run stopped mid-group resumes exactly."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: p.grad.detach().clone() for n, p in self.module.named_parameters() if p.grad is not None}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for n, p in self.module.named_parameters():
+            p.grad = state[n].to(p.device, p.dtype) if n in state else None
+
+
+class ModelConfig(dict):
+    """A plain config dict saved in the checkpoint (here the autoencoder's training config)."""
+
+    def state_dict(self) -> dict:
+        return dict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.clear()
+        self.update(state)
+
+
+class LDMTrainer(Trainer):
+    """Trains a latent diffusion UNet from an :class:`LDMConfig` (see :class:`Trainer` for the arguments).
+
+    Each batch is one micro-step; every ``grad_accum_steps``-th (and the last of an epoch) steps the optimiser
+    and the EMA.
+    """
+
+    name = "ldm"
+    method_name = "latent diffusion"
+    config_cls = LDMConfig
+    section = "ldm_train"
+    example_config, example_set = "ldm_config.json", "ldm_train.latent_patch_size=[32,64]"
+    resume_keys = ("diffusion_def", "data_source", "ldm_train.scheduler", "ldm_train.num_train_timesteps")
+
+    @staticmethod
+    def data_patch_size(cfg: LDMConfig) -> tuple[int, ...]:
+        return tuple(cfg.ldm_train.latent_patch_size)
+
+    @property
+    def patch_size(self) -> tuple[int, ...]:
+        """The smallest image (in pixels) a latent crop fits in: ``latent_patch_size`` x the downsampling."""
+        return tuple(p * self.factor for p in self.cfg.ldm_train.latent_patch_size)
+
+    def build(self) -> None:
+        cfg, t, dev = self.cfg, self.cfg.ldm_train, self.dist.device
+        self.vae_cfg = autoencoder_config(cfg.autoencoder_checkpoint)
+        if self.vae_cfg.spatial_dims != cfg.spatial_dims:
+            raise ConfigError(f"autoencoder_checkpoint={cfg.autoencoder_checkpoint} is a {self.vae_cfg.spatial_dims}D model "
+                              f"but spatial_dims={cfg.spatial_dims}; use an autoencoder of the same dimensions")
+        # images are read as the autoencoder saw them in training
+        for key in ("intensity_percentiles", "patch_mode"):
+            if getattr(cfg, key) != getattr(self.vae_cfg, key) and self.dist.is_main:
+                log.info("%s=%s taken from the autoencoder's training (this config says %s)", key,
+                         getattr(self.vae_cfg, key), getattr(cfg, key))
+            setattr(cfg, key, getattr(self.vae_cfg, key))
+        ae_def = self.vae_cfg.autoencoder_def
+        self.factor = ae_def.downsample_factor
+        if cfg.patch_mode == "resize":
+            latent = [p // self.factor for p in self.vae_cfg.autoencoder_train.patch_size]
+            if any(c > s for c, s in zip(t.latent_patch_size, latent)):
+                raise ConfigError(f"ldm_train.latent_patch_size={list(t.latent_patch_size)} is larger than the latents "
+                                  f"{latent} of the autoencoder's resized images; use at most {latent}")
+        self.autoencoder = load_autoencoder(cfg.autoencoder_checkpoint, ae_def, map_location=dev).requires_grad_(False)
+        self.tiling = tiling_for(self.vae_cfg)
+        self.unet = build_unet(cfg.diffusion_def, cfg.spatial_dims, ae_def.latent_channels, cfg.conditional).to(dev)
+        self.noise_scheduler = training_scheduler(t.scheduler, t.num_train_timesteps)
+        self.ema = None
+        if t.ema_decay is not None:
+            self.ema = AveragedModel(self.unet, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True)
+
+        self.lr = self.scaled_lr(t.lr)
+        self.effective_lr = {"unet": self.lr}
+        self.opt = adam(self.unet.parameters(), self.lr, t.betas)
+        self.sched = lr_scheduler(self.opt, t.lr_scheduler, t.max_epochs)
+        self.scaler = self.precision.scaler()
+        self.stats = LatentStats()
+        self.track(unet=self.unet, opt=self.opt, sched=self.sched, scaler=self.scaler, latent_stats=self.stats,
+                   accumulated_grads=AccumulatedGrads(self.unet), autoencoder=self.autoencoder,
+                   autoencoder_config=ModelConfig(to_dict(self.vae_cfg)))
+        if self.ema is not None:
+            self.track(ema=self.ema)
+        self.log_lr(unet=self.opt)
+        self.unet_ddp = wrap_ddp(self.unet, self.dist)
+        self._train_thumbnails: torch.Tensor | None = None
+
+    @property
+    def sampling_unet(self) -> torch.nn.Module:
+        """The UNet used for samples and validation: the EMA copy when ``ema_decay`` is set."""
+        return self.ema.module if self.ema is not None else self.unet
+
+    # ------------------------------------------------------------------ latents
+    def set_data(self, train_items: Sequence[dict], val_items: Sequence[dict]) -> None:
+        """Encode (or find in the cache) every image's latent, compute the scale factor, build the crops."""
+        self.train_items, self.val_items = list(train_items), list(val_items)
+        self.train_latents = self._encode(self.train_items)
+        self.val_latents = self._encode(self.val_items)
+        self._latent_stats()
+        small = [(it["image"], tuple(s)) for it, s in zip(self.train_items, self._shapes) if
+                 any(c > n for c, n in zip(self.cfg.ldm_train.latent_patch_size, s))]
+        if small:
+            raise ConfigError(f"{small[0][0]} encodes to a latent of {list(small[0][1])}, smaller than "
+                              f"ldm_train.latent_patch_size={list(self.cfg.ldm_train.latent_patch_size)}; lower it to at most "
+                              f"{[min(s[i] for _, s in small) for i in range(self.cfg.spatial_dims)]}")
+        labels = [CLASS_INDEX.get(it.get("label"), 0) for it in self.train_items]
+        self.train_ds = LatentCrops(self.train_latents, labels, self.cfg.ldm_train.latent_patch_size, self.cfg.seed)
+
+    def _cache_settings(self) -> dict:
+        v = self.vae_cfg
+        return {"autoencoder": file_stamp(self.cfg.autoencoder_checkpoint), "percentiles": list(v.intensity_percentiles),
+                "patch_mode": v.patch_mode, "patch_size": list(v.autoencoder_train.patch_size),
+                "tile": list(self.tiling.tile), "overlap": list(self.tiling.overlap), "norm": self.tiling.norm}
+
+    def _encode(self, items: list[dict]) -> list[Path]:
+        """The latent file of every item; this rank encodes the missing ones of its share, then all ranks wait."""
+        root = Path(self.cfg.cache_dir or Path(self.cfg.run_dir) / "cache") / "latents"
+        settings = self._cache_settings()
+        paths = [root / f"{latent_key(it['image'], settings)}.pt" for it in items]
+        mine = [i for i in range(self.dist.rank, len(items), self.dist.world_size) if not paths[i].is_file()]
+        if mine and self.dist.is_main:
+            log.info("encoding %d of %d images into latents (cached in %s)", len(mine) * self.dist.world_size, len(items), root)
+        chain = deterministic_transforms(self.vae_cfg, self.vae_cfg.autoencoder_train.patch_size)
+        pad = DivisiblePad(k=self.factor)
+        for i in mine:
+            data: dict = {"image": items[i]["image"]}
+            for transform in chain:
+                data = transform(data)
+            x = convert_to_tensor(pad(data["image"]), track_meta=False).float()
+            z_mu, _ = tiled_encode(self.autoencoder, x[None].to(self.dist.device), self.tiling)
+            save_checkpoint({"z_mu": z_mu[0].float().cpu(), "model_shape": list(x.shape[1:])}, paths[i])
+        all_reduce_sum(torch.zeros(1, device=self.dist.device))  # every file is written before anyone reads
+        return paths
+
+    def _latent_stats(self) -> None:
+        """Scale factor = 1 / std of every training latent value, from the float64 sums of every rank's share."""
+        sums = torch.zeros(3, dtype=torch.float64, device=self.dist.device)
+        for path in self.train_latents[self.dist.rank::self.dist.world_size]:
+            z = load_latent(path).double()
+            sums += torch.stack([torch.tensor(float(z.numel()), dtype=torch.float64), z.sum(), z.pow(2).sum()]).to(sums.device)
+        all_reduce_sum(sums)
+        n, s, s2 = sums.tolist()
+        var = (s2 - s * s / n) / max(n - 1, 1)
+        mine = [list(load_latent(p).shape[1:]) for p in self.train_latents[self.dist.rank::self.dist.world_size]]
+        gathered = all_gather_objects(mine)
+        self._shapes = [gathered[i % self.dist.world_size][i // self.dist.world_size] for i in range(len(self.train_latents))]
+        shape = list(Counter(tuple(s) for s in self._shapes).most_common(1)[0][0])
+        std = math.sqrt(max(var, 0.0))
+        self.stats.load_state_dict({"scale_factor": 1.0 / std if std > 0 else 1.0, "mean": s / n, "std": std,
+                                    "count": int(n), "latent_shape": shape, "image_shape": [v * self.factor for v in shape]})
+
+    def on_train_start(self) -> None:
+        s = self.stats
+        log.info("latents: scale_factor %.6g (1/std over %d values of %d training images), sample size %s (latent %s)",
+                 s.scale_factor, s.count, len(self.train_items), s.image_shape, s.latent_shape)
+        if self.writer is not None:
+            self.writer.add_scalar("latent/scale_factor", s.scale_factor, self.global_step)
+
+    # ------------------------------------------------------------------ steps
+    def batch_extras(self, batch: dict) -> tuple:
+        return (batch["label"].to(self.dist.device),)
+
+    def _steps_per_epoch(self) -> int:
+        per_rank = math.ceil(len(self.train_ds) / self.dist.world_size)
+        return math.ceil(per_rank / self.cfg.ldm_train.batch_size)
+
+    def diffusion_loss(self, model: torch.nn.Module, z: torch.Tensor, labels: torch.Tensor | None,
+                       noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """MSE between the model's prediction on the noised scaled latents and its target (noise or velocity)."""
+        x0 = z * self.stats.scale_factor
+        noisy = self.noise_scheduler.add_noise(original_samples=x0, noise=noise, timesteps=timesteps)
+        with self.precision.autocast():
+            pred = model(noisy, timesteps=timesteps, class_labels=labels)
+        return F.mse_loss(pred.float(), training_target(self.cfg.ldm_train.scheduler, x0, noise))
+
+    def _timesteps(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        t = self.cfg.ldm_train
+        if t.scheduler == "rflow" and generator is None:
+            return self.noise_scheduler.sample_timesteps(x)
+        return torch.randint(0, t.num_train_timesteps, (x.shape[0],), generator=generator).to(x.device)
+
+    def train_step(self, latents: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """One micro-step on latent crops (unscaled ``z_mu``) and their class indices."""
+        t = self.cfg.ldm_train
+        class_labels = None
+        if self.cfg.conditional and labels is not None:
+            drop = torch.rand(labels.shape[0], device=labels.device) < t.label_dropout
+            class_labels = torch.where(drop, torch.full_like(labels, NULL_CLASS), labels)
+        noise = torch.randn_like(latents)
+        timesteps = self._timesteps(latents)
+        last = (self.step_in_epoch + 1) % t.grad_accum_steps == 0 or self.step_in_epoch + 1 >= self._steps_per_epoch()
+        sync = contextlib.nullcontext() if last or not self.dist.distributed else self.unet_ddp.no_sync()
+        with sync:
+            loss = self.diffusion_loss(self.unet_ddp, latents, class_labels, noise, timesteps)
+            if not last:
+                self.scaler.scale(loss / t.grad_accum_steps).backward()
+        if last and self.optimizer_step(loss / t.grad_accum_steps, self.opt, self.scaler, self.unet, t.grad_clip):
+            self.opt.zero_grad(set_to_none=True)
+            if self.ema is not None:
+                self.ema.update_parameters(self.unet)
+        return {"diffusion": loss.detach()}
+
+    # ------------------------------------------------------------------ validation
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Diffusion loss on centre crops of the validation latents (fixed noise and timesteps per image, all
+        ranks) and, on rank 0, decoded samples per class at full image size from fixed noise."""
+        model = self.sampling_unet.eval()
+        crop = self.cfg.ldm_train.latent_patch_size
+        sums = torch.zeros(2, dtype=torch.float64, device=self.dist.device)
+        for i in range(self.dist.rank, len(self.val_latents), self.dist.world_size):
+            z = load_latent(self.val_latents[i])
+            if any(c > s for c, s in zip(crop, z.shape[1:])):
+                continue
+            box = tuple(slice((s - c) // 2, (s - c) // 2 + c) for s, c in zip(z.shape[1:], crop))
+            z = z[(slice(None), *box)][None].float().to(self.dist.device)
+            g = torch.Generator().manual_seed(self.cfg.seed + i)
+            noise = torch.randn(z.shape, generator=g).to(z.device)
+            timesteps = self._timesteps(z, g)
+            label = torch.tensor([CLASS_INDEX.get(self.val_items[i].get("label"), 0)], device=z.device) if self.cfg.conditional else None
+            sums += torch.tensor([self.diffusion_loss(model, z, label, noise, timesteps).item(), 1.0], dtype=torch.float64,
+                                 device=sums.device)
+        all_reduce_sum(sums)
+        metrics = {"val_loss": sums[0].item() / sums[1].item()} if sums[1] > 0 else {}
+        if self.dist.is_main and self.writer is not None:
+            if metrics:
+                self.writer.add_scalar("val/loss", metrics["val_loss"], self.global_step)
+            samples = self.samples()
+            for name, images in samples.items():
+                self.writer.add_image(f"val/samples_{name}", comparison_grid([images]), self.global_step)
+            metrics["nearest_train_distance"] = self.nearest_train_distance(torch.cat(list(samples.values())))
+            self.writer.add_scalar("val/nearest_train_distance", metrics["nearest_train_distance"], self.global_step)
+        self.unet.train()
+        return metrics
+
+    def nearest_train_distance(self, images: torch.Tensor) -> float:
+        """The smallest copy-check distance (:mod:`medgen.metrics.copies`) of ``images`` to any training image:
+        near 0, the model reproduces a training image."""
+        if self._train_thumbnails is None:  # read once, at the first validation
+            self._train_thumbnails = torch.stack([thumbnail(read_windowed(it["image"], self.cfg.intensity_percentiles))
+                                                  for it in self.train_items])
+        return nearest(torch.stack([thumbnail(x) for x in images]), self._train_thumbnails)[0].min().item()
+
+    def samples(self, count: int | None = None) -> dict[str, torch.Tensor]:
+        """``count`` (default ``num_val_images``) decoded samples per class (``"all"``: unconditional) in [0, 1]
+        at the training images' size, from fixed noise, with the validation sampler and guidance."""
+        t, count = self.cfg.ldm_train, count or self.cfg.num_val_images
+        shape = latent_noise_shape(self.stats.image_shape, self.factor, self.cfg.diffusion_def.downsample_factor)
+        g = torch.Generator().manual_seed(self.cfg.seed)
+        noise = torch.randn((count, self.vae_cfg.autoencoder_def.latent_channels, *shape), generator=g).to(self.dist.device)
+        sampler = "ddim" if t.scheduler == "ddpm" else "rflow"
+        out = {}
+        for name in self.cfg.classes if self.cfg.conditional else ("all",):
+            labels = [CLASS_INDEX[name]] * count if self.cfg.conditional else None
+            out[name] = generate_images(self.sampling_unet.eval(), self.autoencoder, self.tiling, self.stats.scale_factor,
+                                        noise, self.stats.image_shape, t.scheduler, sampler, t.num_train_timesteps,
+                                        t.num_inference_steps, labels, t.guidance_scale,
+                                        torch.Generator().manual_seed(self.cfg.seed), self.precision.autocast)
+        return out
