@@ -17,7 +17,7 @@ from medgen.data.whole import model_input, to_image_shape
 from medgen.losses.vae import adversarial_loss, build_perceptual_loss, kl_loss, reconstruction_loss
 from medgen.metrics import psnr, ssim
 from medgen.models.autoencoder import build_autoencoder, build_discriminator
-from medgen.models.tiled import default_tiling, tiled_decode, tiled_encode
+from medgen.models.tiled import tiled_decode, tiled_encode, tiling_for
 from medgen.training.base import Trainer, adam, lr_scheduler, wrap_ddp
 from medgen.training.distributed import all_gather_objects, all_reduce_sum
 from medgen.training.images import comparison_grid, fit
@@ -164,7 +164,7 @@ class VAETrainer(Trainer):
         """Whole-image PSNR/SSIM of this rank's validation images into ``sums[4:6]``; returns the first
         ``num_val_images`` (input, reconstruction) pairs, scaled to fit the grid."""
         cfg = self.cfg
-        tiling = default_tiling(cfg.autoencoder_train.patch_size, cfg.autoencoder_def.downsample_factor)
+        tiling = tiling_for(cfg)
         chain = deterministic_transforms(cfg, cfg.autoencoder_train.patch_size)
         shown = []
         for item in self.val_shard:
