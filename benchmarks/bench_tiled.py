@@ -68,6 +68,8 @@ def child(args: argparse.Namespace) -> None:
     """One case in this process; prints one JSON line."""
     import torch
 
+    from monai.transforms import DivisiblePad
+
     from medgen.models.tiled import Tiling, output_borders, seam_ratio, tiled_decode, tiled_encode
 
     if args.mem_limit_gb and args.device == "cpu":
@@ -77,7 +79,9 @@ def child(args: argparse.Namespace) -> None:
     dims = len(shape)
     torch.set_num_threads(args.threads)
     model = _model(dims, args.checkpoint, args.device)
-    x = torch.from_numpy(_image(shape))[None, None].to(args.device)
+    x = torch.from_numpy(_image(shape))[None, None]
+    # as `medgen reconstruct` does: zero-pad each side to a multiple of the downsampling factor (2943 -> 2944)
+    x = DivisiblePad(k=4)(x[0])[None].as_tensor().to(args.device)
     tiling = Tiling.of(args.tile or list(PATCH[dims]), args.overlap, dims, align=4, norm=args.norm)
     result = {"shape": list(shape), "method": args.method}
     start = time.perf_counter()
@@ -93,7 +97,7 @@ def child(args: argparse.Namespace) -> None:
     result["seconds"] = time.perf_counter() - start
     if args.method == "tiled":
         result.update(tile=list(tiling.tile), overlap=list(tiling.overlap), norm=tiling.norm,
-                      seam_ratio=seam_ratio(y[0].float().cpu(), output_borders(shape, tiling, 4)))
+                      seam_ratio=seam_ratio(y[0].float().cpu(), output_borders(x.shape[2:], tiling, 4)))
     if args.save:
         torch.save(y[0, 0].half().cpu(), args.save)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -140,6 +144,7 @@ def main() -> None:
     p.add_argument("--whole-timeout", type=int, default=300, help="seconds per whole-image case before it counts as not finishing")
     p.add_argument("--mem-limit-gb", type=float, default=16.0, help="address-space limit per case on the CPU")
     p.add_argument("--only", choices=("2d", "3d"), default=None)
+    p.add_argument("--shapes", nargs="+", default=None, metavar="HxW[xD]", help="run only these sizes, e.g. 1435x2943")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     if args.child:
@@ -151,6 +156,8 @@ def main() -> None:
     import torch
 
     cases = ([] if args.only == "3d" else CASES_2D) + ([] if args.only == "2d" else CASES_3D)
+    if args.shapes:
+        cases = [tuple(int(n) for n in s.split("x")) for s in args.shapes]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for shape in cases:

@@ -153,3 +153,16 @@ def test_a_real_full_size_radiograph_reconstructs_at_its_size_without_seams(tmp_
     report = json.loads((tmp_path / "rec" / "reconstruct_report.json").read_text())
     assert report["images"]["RG1_UNCI"]["model_shape"] == [1956, 1844]  # padded to the downsampling factor 4
     assert report["seam_ratio_max"] <= 1.10
+
+
+def test_tile_statistics_give_each_tile_its_own_forward_pass():
+    """norm="tile": every tile is the model's plain forward pass on that tile (sliding-window inference), run
+    one tile after another."""
+    model = _model(2, attention=True)
+    x = _smooth((64, 96))
+    z, _ = tiled_encode(model, x, Tiling.of(32, 0, 2, align=2, norm="tile"))
+    with torch.no_grad():
+        for r in range(0, 64, 32):
+            for c in range(0, 96, 32):
+                expected, _ = model.encode(x[..., r:r + 32, c:c + 32])
+                torch.testing.assert_close(z[..., r // 2:r // 2 + 16, c // 2:c // 2 + 16], expected, atol=1e-5, rtol=0)

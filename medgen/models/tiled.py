@@ -23,8 +23,9 @@ reaches in, are dropped. Without attention the result equals the whole-image pas
 the network's receptive field; with attention each tile attends within itself and the cross-fade hides
 the difference (:func:`seam_ratio` measures it).
 
-Memory: the work in flight is one tile; between two GroupNorms the tiles' activations wait in ``storage``
-(host memory when the model is on a GPU), about one layer's activation of the whole image.
+Memory: the work in flight is one tile. With whole-image statistics the tiles' activations wait between two
+GroupNorms in ``storage`` (host memory when the model is on a GPU): about one layer's activation of the
+whole image, times the overlap. With ``norm="tile"`` tiles run one after another and memory is one tile's.
 
 Tile sizes are in input pixels for encoding (multiples of the downsampling factor, so that the tiles'
 latents align with the whole image's) and in latent pixels for decoding.
@@ -167,11 +168,10 @@ def _ramp(length: int, bounds: tuple[int, int], start: int, half: float, first: 
 def _norm(m: nn.GroupNorm, x: torch.Tensor, store: torch.device) -> Generator[_Request, tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
     device = x.device
     x = x.to(store)  # while the other tiles catch up, this tile's activation waits in ``store``
-    mean, rstd = yield (m, x)  # (B, G) for the whole image, or (B, G, *spatial) fields over this tile
+    mean, rstd = yield (m, x)  # (B, G): the whole image's or this tile's
     x = x.to(device)
     b, c = x.shape[:2]
-    extra = [1] * (x.ndim - 2) if mean.ndim == 2 else list(mean.shape[2:])
-    mean, rstd = (v.to(device, x.dtype).reshape(b, m.num_groups, 1, *extra) for v in (mean, rstd))
+    mean, rstd = (v.to(device, x.dtype).reshape(b, m.num_groups, *[1] * (x.ndim - 1)) for v in (mean, rstd))
     y = ((x.reshape(b, m.num_groups, c // m.num_groups, *x.shape[2:]) - mean) * rstd).reshape(x.shape)
     if m.affine:
         view = (1, c) + (1,) * (x.ndim - 2)
@@ -223,7 +223,7 @@ def _layer_scale(h: torch.Tensor, axes: Sequence[_Axis]) -> list[float]:
 
 
 def _image_stats(requests: list[_Request], tiles: list[tuple[int, ...]], axes: Sequence[_Axis]):
-    """The whole image's (mean, rstd) from the tiles' cores (which partition the image), for every tile."""
+    """The whole image's (mean, rstd) from the tiles' cores (which partition the image)."""
     layer = requests[0][0]
     s = ss = 0
     n = 0
@@ -233,19 +233,15 @@ def _image_stats(requests: list[_Request], tiles: list[tuple[int, ...]], axes: S
         a_s, a_ss, a_n = _moments(h[(slice(None), slice(None), *core)], layer.num_groups)
         s, ss, n = s + a_s, ss + a_ss, n + a_n
     mean = s / n
-    stats = (mean, torch.rsqrt((ss / n - mean * mean).clamp_min(0) + layer.eps))
-    return [stats] * len(tiles)
+    return mean, torch.rsqrt((ss / n - mean * mean).clamp_min(0) + layer.eps)
 
 
-def _tile_stats(requests: list[_Request], tiles: list[tuple[int, ...]], axes: Sequence[_Axis]):
-    """Each tile's own (mean, rstd), as the model saw its training patches."""
-    layer = requests[0][0]
-    out = []
-    for _, h in requests:
-        s, ss, n = _moments(h, layer.num_groups)
-        mean = s / n
-        out.append((mean, torch.rsqrt((ss / n - mean * mean).clamp_min(0) + layer.eps)))
-    return out
+def _tile_stats(request: _Request) -> tuple[torch.Tensor, torch.Tensor]:
+    """A tile's own (mean, rstd), as the model saw its training patches."""
+    layer, h = request
+    s, ss, n = _moments(h, layer.num_groups)
+    mean = s / n
+    return mean, torch.rsqrt((ss / n - mean * mean).clamp_min(0) + layer.eps)
 
 
 def _run_tiled(
@@ -277,8 +273,25 @@ def _run_tiled(
             box.append(slice(start, start + length))
         out[(slice(None), slice(None), *box)] += y.float().to(x.device) * weight.to(x.device)
 
-    # a tile reads its input slice at its first step; each step runs one tile up to its next GroupNorm
-    gens = [program(x, tuple(slice(a.starts[i], a.starts[i] + a.size) for a, i in zip(axes, t)), device) for t in tiles]
+    def start(t: tuple[int, ...]) -> Generator:  # a tile reads its input slice at its first step
+        return program(x, tuple(slice(a.starts[i], a.starts[i] + a.size) for a, i in zip(axes, t)), device)
+
+    if tiling.norm == "tile":
+        # each tile needs only its own statistics: tiles run one after another, memory is one tile's
+        for t in tiles:
+            g = start(t)
+            try:
+                request = next(g)
+                while True:
+                    request = g.send(_tile_stats(request))
+            except StopIteration as stop:
+                if stop.value is None or not torch.is_tensor(stop.value):
+                    raise InvalidValueError("tiled inference needs a network with GroupNorm (a MONAI AutoencoderKL)") from None
+                stitch(t, stop.value)
+        assert out is not None
+        return out
+    # whole-image statistics: all tiles advance together, one GroupNorm at a time
+    gens = [start(t) for t in tiles]
     try:
         requests = [next(g) for g in gens]
     except StopIteration as stop:
@@ -286,9 +299,9 @@ def _run_tiled(
     while requests:
         layer = requests[0][0]
         assert all(m is layer for m, _ in requests), "tiles diverged"  # every tile runs the same program
-        sends = _image_stats(requests, tiles, axes) if tiling.norm == "image" else _tile_stats(requests, tiles, axes)
+        stats = _image_stats(requests, tiles, axes)
         pending = []
-        for t, g, stats in zip(tiles, gens, sends):
+        for t, g in zip(tiles, gens):
             try:
                 pending.append(g.send(stats))
             except StopIteration as stop:
