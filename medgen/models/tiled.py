@@ -165,8 +165,7 @@ def _ramp(length: int, bounds: tuple[int, int], start: int, half: float, first: 
 
 
 # ----------------------------------------------------------------------------------------------- lockstep run
-def _norm(m: nn.GroupNorm, x: torch.Tensor, store: torch.device) -> Generator[_Request, tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
-    device = x.device
+def _norm(m: nn.GroupNorm, x: torch.Tensor, store: torch.device, device: torch.device) -> Generator[_Request, tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
     x = x.to(store)  # while the other tiles catch up, this tile's activation waits in ``store``
     mean, rstd = yield (m, x)  # (B, G): the whole image's or this tile's
     x = x.to(device)
@@ -179,23 +178,29 @@ def _norm(m: nn.GroupNorm, x: torch.Tensor, store: torch.device) -> Generator[_R
     return y
 
 
-def _block(m: nn.Module, x: torch.Tensor, store: torch.device) -> Generator[_Request, tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """``m(x)`` with every GroupNorm inside it handed to the driver (MONAI's forward, step by step)."""
+def _block(m: nn.Module, held: list[torch.Tensor], store: torch.device) -> Generator[_Request, tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``m(x)`` with every GroupNorm inside it handed to the driver (MONAI's forward, step by step). ``x`` comes
+    in ``held`` (taken out here) so that no caller keeps the input alive while this tile waits."""
+    x = held.pop()
+    device = x.device
     if isinstance(m, nn.GroupNorm):
-        return (yield from _norm(m, x, store))
+        return (yield from _norm(m, x, store, device))
     if isinstance(m, AEKLResBlock):
-        device, skip = x.device, x.to(store)
-        h = yield from _norm(m.norm1, x, store)
+        x = x.to(store)
+        h = yield from _norm(m.norm1, x, store, device)
+        # the shortcut right away: while this tile waits at norm2 it holds the shortcut's channels, not the input's
+        skip = m.nin_shortcut(x.to(device)).to(store)
+        del x
         h = m.conv1(F.silu(h))
-        h = yield from _norm(m.norm2, h, store)
+        h = yield from _norm(m.norm2, h, store, device)
         h = m.conv2(F.silu(h))
-        return m.nin_shortcut(skip.to(device)) + h
+        return skip.to(device) + h
     if isinstance(m, SpatialAttentionBlock):
-        device, skip = x.device, x.to(store)
-        h = yield from _norm(m.norm, x, store)
+        x = x.to(store)
+        h = yield from _norm(m.norm, x, store, device)
         shape = h.shape
         h = m.attn(h.reshape(*shape[:2], -1).transpose(1, 2)).transpose(1, 2).reshape(shape)
-        return skip.to(device) + h
+        return x.to(device) + h
     if any(isinstance(s, (nn.GroupNorm, nn.MultiheadAttention)) for s in m.modules()):
         raise InvalidValueError(f"tiled inference does not know the block {type(m).__name__}; use a MONAI AutoencoderKL")
     return m(x)
@@ -203,9 +208,10 @@ def _block(m: nn.Module, x: torch.Tensor, store: torch.device) -> Generator[_Req
 
 def _program(modules: Sequence[nn.Module], tail: Callable[[torch.Tensor], torch.Tensor] | None, store: torch.device):
     def run(image: torch.Tensor, box: tuple[slice, ...], device: torch.device):
-        x = image[(slice(None), slice(None), *box)].to(device)
+        held = [image[(slice(None), slice(None), *box)].to(device)]
         for m in modules:
-            x = yield from _block(m, x, store)
+            held = [(yield from _block(m, held, store))]
+        x = held.pop()
         return tail(x) if tail is not None else x
 
     return run
