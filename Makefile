@@ -31,7 +31,8 @@ DEMO_SET := --set data_base_dir=$(DEMO_DIR) --set run_dir=$(DEMO_RUN) --set data
 	--set autoencoder_train.patch_size=[64,64] --set autoencoder_train.batch_size=4 \
 	--set autoencoder_train.max_epochs=100 --set autoencoder_train.val_interval=10 --set autoencoder_train.lr=1e-3 \
 	--set autoencoder_train.lr_scheduler=cosine --set autoencoder_train.perceptual_weight=0.0 \
-	--set autoencoder_train.adv_warmup_epochs=100 --set num_workers=0
+	--set autoencoder_train.adv_warmup_epochs=100 --set discriminator_def.channels=16 \
+	--set checkpoint_interval=10 --set num_workers=0
 
 demo: $(STAMP)
 	rm -rf $(DEMO_RUN)
