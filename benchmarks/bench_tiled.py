@@ -168,8 +168,8 @@ def main() -> None:
                 rows.append(r)
                 print(json.dumps(r), flush=True)
             if pair["whole"].get("status") == "ok" and pair["tiled"].get("status") == "ok":
-                whole = torch.load(Path(tmp) / f"whole_{'x'.join(map(str, shape))}.pt").float()
-                tiled = torch.load(Path(tmp) / f"tiled_{'x'.join(map(str, shape))}.pt").float()
+                whole = torch.load(Path(tmp) / f"whole_{'x'.join(map(str, shape))}.pt", weights_only=True).float()
+                tiled = torch.load(Path(tmp) / f"tiled_{'x'.join(map(str, shape))}.pt", weights_only=True).float()
                 pair["tiled"]["max_abs_diff_to_whole"] = (whole - tiled).abs().max().item()
                 pair["tiled"]["memory_ratio_whole_to_tiled"] = pair["whole"]["peak_rss_mb"] / pair["tiled"]["peak_rss_mb"]
     report = {

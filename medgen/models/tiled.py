@@ -33,6 +33,7 @@ latents align with the whole image's) and in latent pixels for decoding.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from monai.networks.blocks.spatialattention import SpatialAttentionBlock
 from monai.networks.nets import AutoencoderKL
-from monai.networks.nets.autoencoderkl import AEKLResBlock
+from monai.networks.nets.autoencoderkl import AEKLDownsample, AEKLResBlock
 from torch import nn
 
 from medgen.errors import InvalidValueError
@@ -238,29 +239,25 @@ def _image_stats(requests: list[_Request], tiles: list[tuple[int, ...]], axes: S
                      for a, i, sd in zip(axes, t, _layer_scale(h, axes)))
         a_s, a_ss, a_n = _moments(h[(slice(None), slice(None), *core)], layer.num_groups)
         s, ss, n = s + a_s, ss + a_ss, n + a_n
-    mean = s / n
-    return mean, torch.rsqrt((ss / n - mean * mean).clamp_min(0) + layer.eps)
+    return _mean_rstd(s, ss, n, layer.eps)
 
 
 def _tile_stats(request: _Request) -> tuple[torch.Tensor, torch.Tensor]:
     """A tile's own (mean, rstd), as the model saw its training patches."""
     layer, h = request
-    s, ss, n = _moments(h, layer.num_groups)
+    return _mean_rstd(*_moments(h, layer.num_groups), layer.eps)
+
+
+def _mean_rstd(s: torch.Tensor, ss: torch.Tensor, n: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     mean = s / n
-    return mean, torch.rsqrt((ss / n - mean * mean).clamp_min(0) + layer.eps)
+    return mean, torch.rsqrt((ss / n - mean * mean).clamp_min(0) + eps)
 
 
-_MALLOC_SET = False
-
-
+@functools.cache
 def _release_freed_memory() -> None:
     """Let glibc return freed tile-sized buffers to the system (Linux). Its default mmap threshold rises to the
     size of each freed large block, after which tile activations come from the heap, which fragments: the
     resident memory of a whole panoramic grew about twice the activations it held at any time."""
-    global _MALLOC_SET
-    if _MALLOC_SET:
-        return
-    _MALLOC_SET = True
     try:
         import ctypes
         import ctypes.util
@@ -313,8 +310,6 @@ def _run_tiled(
                 while True:
                     request = g.send(_tile_stats(request))
             except StopIteration as stop:
-                if stop.value is None or not torch.is_tensor(stop.value):
-                    raise InvalidValueError("tiled inference needs a network with GroupNorm (a MONAI AutoencoderKL)") from None
                 stitch(t, stop.value)
         assert out is not None
         return out
@@ -348,7 +343,7 @@ def _check(model: AutoencoderKL) -> None:
 
 def downsample_factor(model: AutoencoderKL) -> int:
     """2 ** (number of downsampling layers of the encoder)."""
-    return 2 ** sum(type(b).__name__ == "AEKLDownsample" for b in model.encoder.blocks)
+    return 2 ** sum(isinstance(b, AEKLDownsample) for b in model.encoder.blocks)
 
 
 def _devices(model: nn.Module, storage: str | torch.device | None) -> tuple[torch.device, torch.device]:
@@ -379,15 +374,13 @@ def tiled_encode(
     if bad:
         raise InvalidValueError(f"tiled_encode: input size {tuple(x.shape[2:])} is not a multiple of the downsampling factor {f}; pad it")
     tiling = Tiling.of(tiling.tile, tiling.overlap, x.ndim - 2, align=f, norm=tiling.norm)
-    lc = model.quant_conv_mu.conv.out_channels if hasattr(model.quant_conv_mu, "conv") else None
 
     def tail(h: torch.Tensor) -> torch.Tensor:
         return torch.cat([model.quant_conv_mu(h), model.quant_conv_log_sigma(h)], dim=1)
 
     device, store = _devices(model, storage)
     out = _run_tiled(_program(list(model.encoder.blocks), tail, store), x, tiling, f, 1 / f, device)
-    c = lc or out.shape[1] // 2
-    z_mu, log_var = out[:, :c], out[:, c:]
+    z_mu, log_var = out.chunk(2, dim=1)
     return z_mu, torch.exp(log_var.clamp(-30.0, 20.0) / 2)
 
 
