@@ -166,3 +166,37 @@ def test_tile_statistics_give_each_tile_its_own_forward_pass():
             for c in range(0, 96, 32):
                 expected, _ = model.encode(x[..., r:r + 32, c:c + 32])
                 torch.testing.assert_close(z[..., r // 2:r // 2 + 16, c // 2:c // 2 + 16], expected, atol=1e-5, rtol=0)
+
+
+def test_tile_memory_follows_the_tile_and_the_network():
+    from medgen.models.tiled import ACTIVATIONS_IN_FLIGHT, tile_memory
+
+    model = _model(2, attention=True)
+    # the largest activation of this network is its first level's: 8 channels (16 at the decoder's upsampling
+    # to full resolution) over the whole tile, float32
+    assert tile_memory(model, (64, 64)) == ACTIVATIONS_IN_FLIGHT * 16 * 64 * 64 * 4
+    assert tile_memory(model, (128, 64)) == 2 * tile_memory(model, (64, 64))
+    assert tile_memory(_model(3, attention=False), (32, 32, 32)) == ACTIVATIONS_IN_FLIGHT * 16 * 32**3 * 4
+    assert all(p.device.type == "cpu" for p in model.parameters())  # the meta run leaves the model where it was
+
+
+def test_default_tiles_shrink_to_fit_the_device_memory(tmp_path, monkeypatch, caplog):
+    import medgen.models.tiled as tiled
+    from medgen.inference.autoencoder import load_model
+
+    ckpt = _checkpoint(tmp_path / "ae.pt", "autoencoder_train.patch_size=[128,96]")
+    model, cfg = load_model(ckpt)
+    patch = tiled.tile_memory(model, (128, 96))
+    assert tiled.tiling_for(cfg, model=model).tile == (128, 96)  # this machine has room for the patch
+    assert tiled.fit_tile(model, (128, 96), budget=patch) == (128, 96)
+    assert tiled.fit_tile(model, (128, 96), budget=patch - 1) == (64, 96)  # the longest axis halves first
+    assert tiled.fit_tile(model, (128, 96), budget=patch // 4) == (64, 48)
+    assert tiled.fit_tile(model, (128, 96), budget=1) == (8, 8)  # never below MIN_TILE x the factor 2
+
+    monkeypatch.setattr(tiled, "free_memory", lambda device: patch)  # half of it may be used: half the patch fits
+    with caplog.at_level("WARNING", logger="medgen.models.tiled"):
+        tiling = tiled.tiling_for(cfg, model=model)
+    assert tiling.tile == (64, 96) and tiling.overlap == (16, 24)
+    assert "64x96" in caplog.text and "128x96" in caplog.text and "--tile-size" in caplog.text
+    assert tiled.tiling_for(cfg, tile_size=128, model=model).tile == (128, 128)  # a tile the user sets is kept
+    assert tiled.tiling_for(cfg).tile == (128, 96)  # without the model: the training patch

@@ -109,10 +109,11 @@ def _autoencoder_args(p: argparse.ArgumentParser, input_help: str | None = None)
     p.add_argument("--config", default=None, help="VAE config JSON, only for checkpoints that hold no config (plain state dicts)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--tile-size", type=int, nargs="+", default=None, metavar="N",
-                   help="tile size in image pixels, one or one per axis (default: twice the training patch_size); "
-                        "lower it when the device runs out of memory")
+                   help="tile size in image pixels, one or one per axis (default: the training patch_size, shrunk "
+                        "when one tile of it would need more than half the device's free memory); lower it when the "
+                        "device runs out of memory")
     p.add_argument("--overlap", type=float, default=None,
-                   help="overlap of neighbouring tiles: a fraction of the tile below 1, else pixels (default 0.5)")
+                   help="overlap of neighbouring tiles: a fraction of the tile below 1, else pixels (default 0.25)")
     p.add_argument("--norm-stats", choices=("image", "tile"), default=None,
                    help="GroupNorm statistics: of the whole image (as one pass over it; default) or of each tile "
                         "(as in training on patches, like sliding-window inference)")

@@ -502,7 +502,7 @@ def reconstruct(
     """Load the checkpoint, find the inputs, :func:`reconstruct_items`. Returns the files written."""
     model, cfg = load_model(checkpoint, config, device)
     items = find_inputs(input)
-    return reconstruct_items(model, cfg, items, output_dir, fmt, tiling_for(cfg, tile_size, overlap, norm), progress, report)
+    return reconstruct_items(model, cfg, items, output_dir, fmt, tiling_for(cfg, tile_size, overlap, norm, model), progress, report)
 
 
 def encode(
@@ -523,7 +523,7 @@ def encode(
     """Load the checkpoint, find the inputs, :func:`encode_items`. Returns the scale-factor statistics."""
     model, cfg = load_model(checkpoint, config, device)
     return encode_items(model, cfg, find_inputs(input), output_dir, sample, latent_format, seed, progress,
-                        tiling_for(cfg, tile_size, overlap, norm))
+                        tiling_for(cfg, tile_size, overlap, norm, model))
 
 
 def decode(
@@ -542,4 +542,4 @@ def decode(
 ) -> list[Path]:
     """Load the checkpoint, :func:`decode_items` of the latent file or folder ``input``. Returns the files written."""
     model, cfg = load_model(checkpoint, config, device)
-    return decode_items(model, cfg, input, output_dir, fmt, key, tiling_for(cfg, tile_size, overlap, norm), progress)
+    return decode_items(model, cfg, input, output_dir, fmt, key, tiling_for(cfg, tile_size, overlap, norm, model), progress)

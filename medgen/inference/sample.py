@@ -213,7 +213,7 @@ def sample_ldm_to_files(
     shape = latent_noise_shape(size, ae_factor, cfg.diffusion_def.downsample_factor)
     noise = torch.randn((count, vae_cfg.autoencoder_def.latent_channels, *shape), generator=torch.Generator().manual_seed(seed))
     labels = [CLASS_INDEX[class_name]] * count if cfg.conditional else None
-    tiling = tiling_for(vae_cfg)
+    tiling = tiling_for(vae_cfg, model=autoencoder)
     done = 0
     with tqdm(total=count, desc="sampling", unit="img", disable=not progress) as bar:
         for start in range(0, count, batch_size):

@@ -33,8 +33,11 @@ latents align with the whole image's) and in latent pixels for decoding.
 
 from __future__ import annotations
 
+import copy
 import functools
+import logging
 import math
+import os
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -52,7 +55,7 @@ from medgen.errors import InvalidValueError
 if TYPE_CHECKING:
     from medgen.config import VAEConfig
 
-__all__ = ["Tiling", "tiling_for", "tile_grid", "tiled_encode", "tiled_decode", "tiled_reconstruct", "seam_ratio", "output_borders", "default_tiling", "downsample_factor"]
+__all__ = ["Tiling", "tiling_for", "tile_memory", "fit_tile", "free_memory", "tile_grid", "tiled_encode", "tiled_decode", "tiled_reconstruct", "seam_ratio", "output_borders", "default_tiling", "downsample_factor"]
 
 # A GroupNorm request from a tile: (the norm layer, the tile's activation before it).
 _Request = tuple[nn.GroupNorm, torch.Tensor]
@@ -61,6 +64,13 @@ _Request = tuple[nn.GroupNorm, torch.Tensor]
 NORM_MODES = ("image", "tile")
 OVERLAP = 0.25  # default overlap, a fraction of the tile
 NORM = "image"  # default GroupNorm statistics
+# One tile's peak memory, in multiples of the network's largest activation on that tile: a residual block holds
+# its input (for the skip), the normalised activation and the convolution's output at once, plus one temporary.
+ACTIVATIONS_IN_FLIGHT = 4
+MEMORY_SHARE = 0.5  # the share of the device's free memory a default tile may use
+MIN_TILE = 4  # default tiles are never shrunk below this many times the downsampling factor
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -108,15 +118,98 @@ def default_tiling(patch_size: Sequence[int], factor: int, overlap: float = OVER
 
 
 def tiling_for(
-    cfg: "VAEConfig", tile_size: int | Sequence[int] | None = None, overlap: float | None = None, norm: str | None = None
+    cfg: "VAEConfig",
+    tile_size: int | Sequence[int] | None = None,
+    overlap: float | None = None,
+    norm: str | None = None,
+    model: AutoencoderKL | None = None,
 ) -> Tiling:
     """The tiling of a model trained with ``cfg`` (:func:`medgen.models.tiled.default_tiling` where not given):
     ``tile_size`` image pixels (one or one per axis), ``overlap`` a fraction of the tile (below 1) or pixels,
-    ``norm`` the GroupNorm statistics (``"image"`` or ``"tile"``)."""
+    ``norm`` the GroupNorm statistics (``"image"`` or ``"tile"``).
+
+    Without ``tile_size``, tiles are the training patch; given the ``model`` (on the device it will run on), a
+    patch that would not fit :data:`MEMORY_SHARE` of that device's free memory is shrunk until it does
+    (:func:`fit_tile`), and a warning says so.
+    """
     f = cfg.autoencoder_def.downsample_factor
     default = default_tiling(cfg.autoencoder_train.patch_size, f)
-    return Tiling.of(default.tile if tile_size is None else tile_size, OVERLAP if overlap is None else overlap,
-                     cfg.spatial_dims, align=f, norm=norm or default.norm)
+    tile = default.tile if tile_size is None else tile_size
+    if tile_size is None and model is not None:
+        tile = fit_tile(model, default.tile)
+    return Tiling.of(tile, OVERLAP if overlap is None else overlap, cfg.spatial_dims, align=f, norm=norm or default.norm)
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes free on ``device``: a GPU's free memory, or the host's available memory (Linux); None if unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def tile_memory(model: AutoencoderKL, tile: Sequence[int]) -> int:
+    """Estimated peak bytes of one tile of ``tile`` input pixels on the model's device (encoding or decoding,
+    whichever needs more): :data:`ACTIVATIONS_IN_FLIGHT` times the network's largest activation on that tile.
+
+    The activations are found by running the network on PyTorch's meta device (shapes only: no memory, no
+    arithmetic), so the estimate follows whatever blocks the installed MONAI builds.
+    """
+    _check(model)
+    largest = 0
+
+    def hook(_module: nn.Module, _inputs: tuple, output: object) -> None:
+        nonlocal largest
+        for t in output if isinstance(output, (tuple, list)) else (output,):
+            if isinstance(t, torch.Tensor):
+                largest = max(largest, t.numel())
+
+    # a copy of the network on the meta device (its weights are not copied), without the caller's hooks
+    tensors = [*model.parameters(), *model.buffers()]
+    probe = copy.deepcopy(model, {id(t): torch.empty_like(t, device="meta") for t in tensors})
+    for m in probe.modules():
+        m._forward_hooks.clear()
+        m._forward_pre_hooks.clear()
+        m.register_forward_hook(hook)
+    x = torch.empty(1, model.encoder.in_channels, *[int(t) for t in tile], device="meta")
+    with torch.no_grad():
+        probe(x)
+    size = tensors[0].element_size()
+    return ACTIVATIONS_IN_FLIGHT * largest * size
+
+
+def fit_tile(model: AutoencoderKL, tile: Sequence[int], budget: int | None = None) -> tuple[int, ...]:
+    """``tile`` (input pixels), its longest axis halved until :func:`tile_memory` fits ``budget`` bytes (default:
+    :data:`MEMORY_SHARE` of the free memory of the model's device), never below :data:`MIN_TILE` times the
+    downsampling factor."""
+    f = downsample_factor(model)
+    device = next(model.parameters()).device
+    free = free_memory(device) if budget is None else None
+    if budget is None:
+        if free is None:
+            return tuple(int(t) for t in tile)
+        budget = int(MEMORY_SHARE * free)
+    fitted, need = [int(t) for t in tile], tile_memory(model, tile)
+    first = need
+    while need > budget and max(fitted) > MIN_TILE * f:
+        axis = fitted.index(max(fitted))
+        fitted[axis] = max(MIN_TILE * f, fitted[axis] // 2 // f * f)
+        need = tile_memory(model, fitted)
+    if fitted != [int(t) for t in tile]:
+        allowed = f"{MEMORY_SHARE:.0%} of the {free / 2**20:.0f} MB free on {device}" if free is not None else f"{budget / 2**20:.0f} MB"
+        _log.warning("tiles of %s pixels instead of the training patch %s: a tile of the patch needs about %.0f MB, more "
+                     "than %s (--tile-size sets the tile)", "x".join(map(str, fitted)), "x".join(str(int(t)) for t in tile),
+                     first / 2**20, allowed)
+    return tuple(fitted)
 
 
 @dataclass(frozen=True)
