@@ -93,7 +93,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from medgen.config import load_config
-from medgen.data.cache import DiskImageCache
+from medgen.data.cache import DiskImageCache, read_layout
 from medgen.data.datasets import build_dataset, make_train_loader
 from medgen.data.transforms import decode
 from medgen.io.discovery import item_signature
@@ -245,10 +245,13 @@ def cache_figures(cfg, items: list[dict], patch: tuple[int, ...], batch_size: in
     reads) after every cache file was dropped from the page cache; None where that cannot be measured.
     """
     entries = sorted(Path(cfg.cache_dir).rglob("*.npy"))
-    arrays = [np.load(e, mmap_mode="r") for e in entries]
-    patch_bytes = [np.prod([min(p, s) for p, s in zip(patch, a.shape)]) * a.itemsize for a in arrays]
-    pixel_bytes, dtypes = sum(a.nbytes for a in arrays), sorted({str(a.dtype) for a in arrays})
-    del arrays
+    layouts = []
+    for e in entries:
+        with open(e, "rb") as f:
+            layouts.append(read_layout(f))
+    patch_bytes = [np.prod([min(p, s) for p, s in zip(patch, x.shape)]) * x.dtype.itemsize for x in layouts]
+    pixel_bytes = sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in layouts)
+    dtypes = sorted({str(x.dtype) for x in layouts})
     for e in entries:
         fd = os.open(e, os.O_RDONLY)
         try:

@@ -13,6 +13,8 @@ import torch
 
 from conftest import TINY
 from medgen.config import load_config
+from medgen.data import cache as disk_cache
+from medgen.data.cache import PAGE, ChunkedValues
 from medgen.data.check import scan_files
 from medgen.data.datasets import build_dataset, make_train_loader
 from medgen.data.demo import write_demo_dataset
@@ -41,6 +43,7 @@ def test_editing_one_slice_of_a_cached_series_is_read_at_the_next_epoch(tmp_path
 
     first = epoch(0)
     assert torch.equal(epoch(1), first)  # served from the cache
+    ds.base.cache.flush()  # the entry is written behind the reader
     cached = sorted((tmp_path / "run" / "cache").rglob("*.npy"))
     assert len(cached) == 1
 
@@ -104,13 +107,16 @@ def test_the_cache_holds_stored_integers_memory_mapped_and_no_more_than_the_sour
         items, _, cfg = _pair(tmp_path / str(dims), data, dims, patch)
         dataset = build_dataset(cfg, items, patch, train=True)
         dataset[0, 0]
+        dataset.base.cache.flush()
         (entry,) = (tmp_path / str(dims) / "run" / "cache").rglob("*.npy")
-        stored = np.load(entry, mmap_mode="r")  # an ordinary .npy: the trailer follows the array data
+        stored = np.load(entry, mmap_mode="r")  # an ordinary .npy (flat, in chunks): the trailer follows the values
         pixels = sum(int(np.prod(pydicom.dcmread(f).pixel_array.shape)) * 2 for f in dicom_files(items[0]["image"]))
         assert stored.dtype == dtype and stored.nbytes == pixels
-        assert entry.stat().st_size < pixels + 1024  # header and trailer only
-        image = dataset.base.cache.get(items[0]["image"])  # read back: a read-only view of the mapped file
-        assert not image.pixels.values.flags.writeable and not image.pixels.values.flags.owndata
+        assert entry.stat().st_size < PAGE + pixels + 1024  # a page-long header and the trailer only
+        image = dataset.base.cache.get(items[0]["image"])  # read back: chunks over a read-only map of the file
+        values = image.pixels.values
+        assert isinstance(values, ChunkedValues) and not values.storage.flags.writeable
+        assert not values.storage.flags.owndata
         assert image.window is not None and image.window[0] < image.window[1]
 
 
@@ -122,12 +128,16 @@ def dicom_files(item: str) -> list:
 @pytest.mark.parametrize("damage", ["cut short", "garbage", "empty"])
 def test_a_damaged_cache_entry_is_decoded_again(demo2d, tmp_path, damage, caplog):
     items, _, cfg = _pair(tmp_path, demo2d, 2, (32, 32))
-    first = build_dataset(cfg, items, (32, 32), train=True)[0, 0]["image"]
+    dataset = build_dataset(cfg, items, (32, 32), train=True)
+    first = dataset[0, 0]["image"]
+    dataset.base.cache.flush()
     (entry,) = (tmp_path / "run" / "cache").rglob("*.npy")
     whole = entry.read_bytes()
     entry.write_bytes({"cut short": whole[: len(whole) // 2], "garbage": b"\x93NUMPY" + os.urandom(300), "empty": b""}[damage])
     with caplog.at_level("WARNING", logger="medgen.data"):
-        again = build_dataset(cfg, items, (32, 32), train=True)[0, 0]["image"]
+        dataset = build_dataset(cfg, items, (32, 32), train=True)
+        again = dataset[0, 0]["image"]
+        dataset.base.cache.flush()
     assert torch.equal(again, first)
     assert "damaged" in caplog.text and entry.name in caplog.text
     assert entry.read_bytes() == whole  # rewritten whole
@@ -140,9 +150,10 @@ def test_a_cache_that_cannot_be_written_warns_once_and_training_goes_on(demo2d, 
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(np.lib.format, "write_array", disk_full)
+    monkeypatch.setattr(disk_cache, "write_chunked", disk_full)
     with caplog.at_level("WARNING", logger="medgen.data"):
         patches = [dataset[0, i]["image"] for i in range(3)]
+        dataset.base.cache.flush()
     assert all(p.shape == (1, 32, 32) for p in patches)
     assert caplog.text.count("cannot write the image cache") == 1 and "cache_dir" in caplog.text
     assert not list((tmp_path / "run" / "cache").rglob("*"))[1:]  # the folder only: nothing half-written
