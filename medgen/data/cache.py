@@ -181,6 +181,9 @@ class _WriteBehind:
     def __init__(self, write: Callable[[Path, DecodedImage, str], None]):
         self._write, self._pid = write, None
 
+    def __getstate__(self) -> dict:  # a spawned loader worker gets a copy without the parent's thread and lock
+        return {"_write": self._write, "_pid": None}
+
     def _own(self) -> None:
         # A forked loader worker inherits the parent's state but not its thread, and maybe a held lock: start afresh.
         if self._pid != os.getpid():
