@@ -18,14 +18,19 @@ Besides images/s it reports, per patch of a cached epoch:
   out of the memory map;
 - ``read_mb_cold``: the bytes actually read from disk (``read_bytes`` of ``/proc/self/io``) in one more cached
   epoch run in this process after the cache files were dropped from the page cache (``posix_fadvise
-  DONTNEED``): the cost when the cache does not fit in RAM. Whole 4 KiB pages are read, so a patch whose rows
-  are shorter than a page reads more than its bytes (a 2048-wide uint16 radiograph stores one 4 KiB row per
-  page, so a 256-wide patch reads 8x its bytes; a 128^3 patch of a 256^3 int16 volume reads about 2x).
+  DONTNEED``): the cost when the cache does not fit in RAM. Entries store their values in page-aligned chunks
+  of 4096 values (64x64 uint16 = 8 KiB in 2D, 16^3 int16 in 3D) and a patch reads the chunks it touches: about
+  ((256 + 64) / 256)^2 = 1.56x the bytes of a 256^2 patch, ((128 + 16) / 128)^3 = 1.42x of a 128^3 one, on
+  average over crop positions (in rows, the previous format, every row of a patch was its own page or two:
+  8x and 2.1x).
 
 and ``cache_ratio``: the pixel data in the cache over the decoded source data (stored samples at
-BitsAllocated); each entry adds a .npy header and a JSON trailer of a few hundred bytes (``cache_bytes``).
+BitsAllocated); each entry adds a 4 KiB .npy header (the values start on a page) and a JSON trailer of a few
+hundred bytes (``cache_bytes``).
 ``first_epoch_ms_per_item`` splits a first epoch's work on 8 items, timed one by one in this process: bare
-pydicom, medgen's decode (read, window) and the cache write.
+pydicom, medgen's decode (read, window) and the cache write (into chunks, then to the file), which training does
+on a thread beside the decoding (so at the end of the first epoch each worker may still be writing its last
+entry or two; they are finished during the next epoch).
 
 Rounds alternate between the two contenders (bare pass, then medgen's K epochs from an empty cache) so that
 load from other processes hits both alike; the first round is a warm-up (imports, page cache) and is
@@ -93,7 +98,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from medgen.config import load_config
-from medgen.data.cache import DiskImageCache
+from medgen.data.cache import DiskImageCache, read_layout
 from medgen.data.datasets import build_dataset, make_train_loader
 from medgen.data.transforms import decode
 from medgen.io.discovery import item_signature
@@ -245,10 +250,13 @@ def cache_figures(cfg, items: list[dict], patch: tuple[int, ...], batch_size: in
     reads) after every cache file was dropped from the page cache; None where that cannot be measured.
     """
     entries = sorted(Path(cfg.cache_dir).rglob("*.npy"))
-    arrays = [np.load(e, mmap_mode="r") for e in entries]
-    patch_bytes = [np.prod([min(p, s) for p, s in zip(patch, a.shape)]) * a.itemsize for a in arrays]
-    pixel_bytes, dtypes = sum(a.nbytes for a in arrays), sorted({str(a.dtype) for a in arrays})
-    del arrays
+    layouts = []
+    for e in entries:
+        with open(e, "rb") as f:
+            layouts.append(read_layout(f))
+    patch_bytes = [np.prod([min(p, s) for p, s in zip(patch, x.shape)]) * x.dtype.itemsize for x in layouts]
+    pixel_bytes = sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in layouts)
+    dtypes = sorted({str(x.dtype) for x in layouts})
     for e in entries:
         fd = os.open(e, os.O_RDONLY)
         try:

@@ -4,6 +4,7 @@ stored integers memory-mapped, patches cut at read equal to the uncached chain's
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +14,14 @@ import torch
 
 from conftest import TINY
 from medgen.config import load_config
+from medgen.data import cache as disk_cache
+from medgen.data.cache import PAGE, ChunkedValues, DiskImageCache
 from medgen.data.check import scan_files
 from medgen.data.datasets import build_dataset, make_train_loader
 from medgen.data.demo import write_demo_dataset
 from medgen.io.discovery import item_signature
-from medgen.io.reader import find_images
+from medgen.data.transforms import DecodedImage
+from medgen.io.reader import Pixels, find_images
 
 SETS_3D = [*TINY, "spatial_dims=3", "autoencoder_def.spatial_dims=3", "autoencoder_train.patch_size=[16,16,16]",
            "cache=disk", "data_source=edente"]
@@ -41,6 +45,7 @@ def test_editing_one_slice_of_a_cached_series_is_read_at_the_next_epoch(tmp_path
 
     first = epoch(0)
     assert torch.equal(epoch(1), first)  # served from the cache
+    ds.base.cache.flush()  # the entry is written behind the reader
     cached = sorted((tmp_path / "run" / "cache").rglob("*.npy"))
     assert len(cached) == 1
 
@@ -104,13 +109,16 @@ def test_the_cache_holds_stored_integers_memory_mapped_and_no_more_than_the_sour
         items, _, cfg = _pair(tmp_path / str(dims), data, dims, patch)
         dataset = build_dataset(cfg, items, patch, train=True)
         dataset[0, 0]
+        dataset.base.cache.flush()
         (entry,) = (tmp_path / str(dims) / "run" / "cache").rglob("*.npy")
-        stored = np.load(entry, mmap_mode="r")  # an ordinary .npy: the trailer follows the array data
+        stored = np.load(entry, mmap_mode="r")  # an ordinary .npy (flat, in chunks): the trailer follows the values
         pixels = sum(int(np.prod(pydicom.dcmread(f).pixel_array.shape)) * 2 for f in dicom_files(items[0]["image"]))
         assert stored.dtype == dtype and stored.nbytes == pixels
-        assert entry.stat().st_size < pixels + 1024  # header and trailer only
-        image = dataset.base.cache.get(items[0]["image"])  # read back: a read-only view of the mapped file
-        assert not image.pixels.values.flags.writeable and not image.pixels.values.flags.owndata
+        assert entry.stat().st_size < PAGE + pixels + 1024  # a page-long header and the trailer only
+        image = dataset.base.cache.get(items[0]["image"])  # read back: chunks over a read-only map of the file
+        values = image.pixels.values
+        assert isinstance(values, ChunkedValues) and not values.storage.flags.writeable
+        assert not values.storage.flags.owndata
         assert image.window is not None and image.window[0] < image.window[1]
 
 
@@ -122,12 +130,16 @@ def dicom_files(item: str) -> list:
 @pytest.mark.parametrize("damage", ["cut short", "garbage", "empty"])
 def test_a_damaged_cache_entry_is_decoded_again(demo2d, tmp_path, damage, caplog):
     items, _, cfg = _pair(tmp_path, demo2d, 2, (32, 32))
-    first = build_dataset(cfg, items, (32, 32), train=True)[0, 0]["image"]
+    dataset = build_dataset(cfg, items, (32, 32), train=True)
+    first = dataset[0, 0]["image"]
+    dataset.base.cache.flush()
     (entry,) = (tmp_path / "run" / "cache").rglob("*.npy")
     whole = entry.read_bytes()
     entry.write_bytes({"cut short": whole[: len(whole) // 2], "garbage": b"\x93NUMPY" + os.urandom(300), "empty": b""}[damage])
     with caplog.at_level("WARNING", logger="medgen.data"):
-        again = build_dataset(cfg, items, (32, 32), train=True)[0, 0]["image"]
+        dataset = build_dataset(cfg, items, (32, 32), train=True)
+        again = dataset[0, 0]["image"]
+        dataset.base.cache.flush()
     assert torch.equal(again, first)
     assert "damaged" in caplog.text and entry.name in caplog.text
     assert entry.read_bytes() == whole  # rewritten whole
@@ -140,13 +152,95 @@ def test_a_cache_that_cannot_be_written_warns_once_and_training_goes_on(demo2d, 
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(np.lib.format, "write_array", disk_full)
+    monkeypatch.setattr(disk_cache, "write_chunked", disk_full)
     with caplog.at_level("WARNING", logger="medgen.data"):
         patches = [dataset[0, i]["image"] for i in range(3)]
+        dataset.base.cache.flush()
     assert all(p.shape == (1, 32, 32) for p in patches)
     assert caplog.text.count("cannot write the image cache") == 1 and "cache_dir" in caplog.text
     assert not list((tmp_path / "run" / "cache").rglob("*"))[1:]  # the folder only: nothing half-written
 
+
+
+# ------------------------------------------------------------------------------------- the chunked entry layout
+def _image_cache(folder, images: dict, calls: list, **kwargs) -> DiskImageCache:
+    """A cache whose items are the arrays of ``images`` (item path -> values), counting decodes in ``calls``."""
+    def decode(path):
+        calls.append(path)
+        return DecodedImage(Pixels(images[path], 2.0, -1.0), (0.0, 1.0), (1.0,) * images[path].ndim)
+    return DiskImageCache(folder, decode, **kwargs)
+
+
+@pytest.mark.parametrize("shape", [(40, 40), (64, 64), (130, 70), (1, 100), (2943 // 16, 1435 // 16),
+                                   (16, 16, 16), (17, 33, 5), (40, 20, 33), (3, 3, 3)])
+@pytest.mark.parametrize("dtype", [np.uint16, np.int16, np.uint8, np.float32])
+def test_crops_of_a_chunked_entry_equal_crops_of_the_decoded_array(tmp_path, shape, dtype):
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 250, shape).astype(dtype)
+    item = tmp_path / "item.dcm"  # only its change stamp matters here
+    item.write_bytes(b"x")
+    calls = []
+    first = _image_cache(tmp_path / "cache", {str(item): values}, calls)
+    first.get(str(item))
+    first.flush()
+    image = _image_cache(tmp_path / "cache", {str(item): values}, calls).get(str(item))  # read from the file
+    assert isinstance(image.pixels.values, ChunkedValues) and image.pixels.values.shape == shape
+    assert (image.pixels.slope, image.pixels.intercept, image.window) == (2.0, -1.0, (0.0, 1.0))
+    (entry,) = (tmp_path / "cache").glob("*.npy")
+    assert entry.stat().st_size < PAGE + values.nbytes + 512  # no padding, whatever the shape
+    crops = [tuple(slice(None) for _ in shape), tuple(slice(n - 1, n) for n in shape),  # all; the last corner
+             tuple(slice(0, 1) for _ in shape)]
+    for _ in range(40):  # random regions, many across chunk boundaries and image edges (clipped as numpy clips)
+        crops.append(tuple(slice(int(a), int(a + rng.integers(0, n + 3))) for n, a in
+                           zip(shape, (rng.integers(-1, n + 1) for n in shape))))
+    for crop in crops:
+        got = image.pixels.values[crop]
+        assert got.dtype == values.dtype and np.array_equal(got, values[crop]), crop
+
+
+def test_an_entry_is_served_from_memory_while_written_and_never_seen_half_written(demo2d, tmp_path, monkeypatch):
+    item = str(find_images(demo2d)[0])
+    values = np.arange(40 * 40, dtype=np.uint16).reshape(40, 40)
+    written, release = threading.Event(), threading.Event()
+    real = disk_cache.write_chunked
+
+    def slow(f, *args):  # the values are in the temporary file, the trailer not yet
+        real(f, *args)
+        if threading.current_thread().name == "medgen-cache-writer":
+            written.set()
+            assert release.wait(30)
+
+    monkeypatch.setattr(disk_cache, "write_chunked", slow)
+    calls = []
+    writer = _image_cache(tmp_path, {item: values}, calls)
+    try:
+        assert writer.get(item).pixels.values is values  # the first read serves the decoded image at once
+        assert written.wait(30)
+        assert writer.get(item).pixels.values is values and len(calls) == 1  # from memory while being written
+        assert [p.name.startswith(".tmp-") for p in tmp_path.iterdir()] == [True]  # only the temporary file
+        other = _image_cache(tmp_path, {item: values}, calls, write_behind=False)  # another rank or worker
+        assert other.get(item).pixels.values is values and len(calls) == 2  # no entry yet: it decodes for itself
+    finally:
+        release.set()
+    writer.flush()
+    assert [p.name.startswith(".tmp-") for p in tmp_path.iterdir()] == [False]  # one whole entry
+    again = _image_cache(tmp_path, {item: values}, calls).get(item)
+    assert np.array_equal(again.pixels.values[:, :], values) and len(calls) == 2
+
+
+def test_an_entry_of_another_format_is_decoded_again(demo2d, tmp_path, caplog):
+    item = str(find_images(demo2d)[0])
+    values = np.arange(40 * 40, dtype=np.uint16).reshape(40, 40)
+    calls = []
+    cache = _image_cache(tmp_path, {item: values}, calls, write_behind=False)
+    cache.get(item)
+    (entry,) = tmp_path.glob("*.npy")
+    whole = entry.read_bytes()
+    entry.write_bytes(whole.replace(b'"format": %d' % disk_cache.FORMAT, b'"format": 3'))  # e.g. rows, not chunks
+    with caplog.at_level("WARNING", logger="medgen.data"):
+        again = _image_cache(tmp_path, {item: values}, calls, write_behind=False).get(item)
+    assert again.pixels.values is values and len(calls) == 2 and "damaged" in caplog.text
+    assert entry.read_bytes() == whole
 
 def test_persistent_workers_give_the_patches_of_a_single_process(demo2d, tmp_path):
     items, _, cfg = _pair(tmp_path, demo2d, 2, (32, 32))

@@ -471,3 +471,26 @@ def test_a_zero_pixel_spacing_counts_as_absent(tmp_path):
     del ds.ImagerPixelSpacing
     ds.save_as(path)
     assert read_image(path)[1] == (1.0, 1.0)
+
+
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("high_bits", [False, True])
+def test_bits_above_bits_stored_are_cleared_as_pydicom_clears_them(tmp_path, signed, high_bits):
+    # Uncompressed pixels are read as a view of the file; bits above BitsStored (overlays, vendor junk) must still
+    # be cleared (sign-extended when signed), exactly as pydicom's pixel_array does.
+    from medgen.io.reader import read_pixels
+
+    src = get_testdata_file("CT_small.dcm" if signed else "examples_overlay.dcm")  # 16 bits allocated, 16 / 12 stored
+    ds = pydicom.dcmread(src)
+    ds.BitsStored, ds.HighBit = 12, 11
+    dtype = np.int16 if signed else np.uint16
+    stored = np.random.default_rng(0).integers(-2048 if signed else 0, 2048 if signed else 4096, (ds.Rows, ds.Columns))
+    raw = stored.astype(dtype)
+    if high_bits:
+        raw = (raw.view(np.uint16) ^ np.uint16(0xA000)).view(dtype)  # set some of the four unused bits
+    ds.PixelData = raw.tobytes()
+    ds.save_as(tmp_path / "x.dcm")
+    ds = pydicom.dcmread(tmp_path / "x.dcm")
+    np.testing.assert_array_equal(ds.pixel_array, stored)  # what pydicom makes of the file
+    values = read_pixels(tmp_path / "x.dcm")[0].values
+    assert values.dtype == dtype and np.array_equal(values, stored)

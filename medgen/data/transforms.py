@@ -166,8 +166,10 @@ class DecodedImage:
     """One item as the disk cache holds it: the deterministic part of the chain, before the window is applied.
 
     Attributes:
-        pixels: the decoded values at their own width (memory-mapped when read from the cache), shape
-            ``(*spatial)``, and their linear map to presentation values.
+        pixels: the decoded values at their own width, shape ``(*spatial)``, and their linear map to
+            presentation values. Read from the cache, the values are a
+            :class:`medgen.data.cache.ChunkedValues` over the memory-mapped entry: cut them with slices
+            (``values[a:b, c:d]``), which reads only the chunks the region touches.
         window: ``(a_min, a_max)``, the intensity window of the presentation values; None when ``pixels`` are
             already the final [0, 1] values (``patch_mode="resize"``: the windowed image resized to the patch).
         spacing: the spacing of the spatial axes.
@@ -199,8 +201,8 @@ def decoded_patch(image: DecodedImage, patch_size: Sequence[int] | None = None,
     """``(1, *patch)`` float32: the region ``slices`` of the image windowed to [0, 1] and padded up to
     ``patch_size`` (as :func:`deterministic_transforms` window and pad), reading only that region of
     ``image.pixels``. Without ``slices``: the whole image, windowed."""
-    values = image.pixels.values
-    region, dst = values, None
+    values = image.pixels.values  # an ndarray, or a cache entry's ChunkedValues: both are cut with slices
+    src, dst = [slice(None)] * values.ndim, None
     if slices is not None:
         before = [max(p - n, 0) // 2 for n, p in zip(values.shape, patch_size)]  # SpatialPad's symmetric padding
         src, dst = [], []
@@ -208,7 +210,7 @@ def decoded_patch(image: DecodedImage, patch_size: Sequence[int] | None = None,
             start, stop = sl.start - pad, sl.stop - pad
             src.append(slice(max(start, 0), min(stop, n)))
             dst.append(slice(max(start, 0) - start, min(stop, n) - start))
-        region = values[tuple(src)]
+    region = values[tuple(src)]
     img = torch.from_numpy(image.pixels.presentation(region))
     if image.window is not None:
         scale = ScaleIntensityRange(*image.window, *UNIT_RANGE, clip=True, dtype=torch.float32)

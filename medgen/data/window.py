@@ -12,6 +12,7 @@ percentiles from counts with numpy's interpolation, hence this module.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 
 import numpy as np
@@ -59,8 +60,11 @@ def value_counts(ints: np.ndarray) -> tuple[np.ndarray, int] | None:
         shifted, offset = (flat - flat.dtype.type(lo)).view(np.int16), lo
     else:
         shifted, offset = np.subtract(flat, lo, dtype=np.int64), lo
-    with one_thread():
-        counts = torch.bincount(torch.from_numpy(_writable(shifted))).numpy()
+    with one_thread(), warnings.catch_warnings():
+        # a read-only image (decoded as a view of the file's bytes) is counted in place, not copied: counting never
+        # writes, and torch's warning that it could is beside the point here
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+        counts = torch.bincount(torch.from_numpy(shifted)).numpy()
     return counts[lo - offset:], lo
 
 
@@ -122,7 +126,3 @@ def one_thread() -> Iterator[None]:
     finally:
         torch.set_num_threads(threads)
 
-
-def _writable(a: np.ndarray) -> np.ndarray:
-    # torch.from_numpy warns about read-only arrays (pydicom may decode into one); counting never writes
-    return a if a.flags.writeable else a.copy()

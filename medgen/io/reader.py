@@ -467,10 +467,15 @@ def _decode(path: Path, ds) -> tuple[np.ndarray, str]:
             f"pixel data encoded with {_ts_label(ts)} at 12 bits: no permissively licensed decoder reads it "
             "(pylibjpeg-libjpeg does, under GPL-3); or convert the file, e.g. with dcmtk 'dcmdjpeg'",
         )
+    # Uncompressed data is taken as a view of the file's bytes: pydicom would copy every image to clear the bits
+    # above BitsStored, which are almost always clear already (checked, and cleared the same way, below).
+    native = not ts.is_encapsulated
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            arr, meta = decoder.as_array(ds, as_rgb=False)
+            arr, meta = decoder.as_array(ds, as_rgb=False, **({"view_only": True, "correct_unused_bits": False} if native else {}))
+            if native:
+                arr = _clear_unused_bits(arr, ds)
         except ValueError as exc:
             if "less than expected" in str(exc) or "fewer bytes" in str(exc):
                 raise ImageReadError(
@@ -493,6 +498,23 @@ def _decode(path: Path, ds) -> tuple[np.ndarray, str]:
                 f"cannot decode {_ts_label(ts)} pixel data ({type(exc).__name__}: a malformed image attribute?)",
             ) from None
     return arr, str(meta.get("photometric_interpretation") or ds.get("PhotometricInterpretation", "MONOCHROME2"))
+
+
+def _clear_unused_bits(arr: np.ndarray, ds) -> np.ndarray:
+    """``arr`` with the bits above BitsStored cleared (sign-extended for signed data) as pydicom's
+    ``correct_unused_bits`` does, copying only when some value has them set."""
+    allocated, stored = int(ds.get("BitsAllocated", 0) or 0), int(ds.get("BitsStored", 0) or 0)
+    if arr.dtype.kind not in "ui" or not 0 < stored < allocated or arr.size == 0:
+        return arr
+    if arr.dtype.kind == "u":
+        if int(arr.max()) < 1 << stored:
+            return arr
+    elif -(1 << (stored - 1)) <= int(arr.min()) and int(arr.max()) < 1 << (stored - 1):
+        return arr
+    shift = arr.dtype.itemsize * 8 - stored
+    arr = np.left_shift(arr, shift)  # a copy: the view is read-only
+    np.right_shift(arr, shift, out=arr)
+    return arr
 
 
 def _first_line(exc: BaseException, path: Path | None = None) -> str:
