@@ -259,3 +259,20 @@ def test_persistent_workers_give_the_patches_of_a_single_process(demo2d, tmp_pat
     assert not torch.equal(single[0], single[1])  # each epoch draws its own crops
     two = epochs(2, start=1)  # and a run resumed at batch 1 of epoch 1 sees the rest of that epoch
     assert torch.equal(two[0], single[0]) and torch.equal(two[1], single[1][2:])
+
+
+def test_temporaries_a_killed_worker_left_are_swept_and_live_ones_kept(tmp_path):
+    import os
+    import time
+
+    from medgen.data.cache import STALE_TEMPORARY_S
+
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    stale, live = folder / ".tmp-abc-entry.npy", folder / ".tmp-def-entry.npy"
+    for f in (stale, live):
+        f.write_bytes(b"half")
+    old = time.time() - STALE_TEMPORARY_S - 60
+    os.utime(stale, (old, old))
+    _image_cache(folder, {}, [])
+    assert not stale.exists() and live.exists()  # a write in progress elsewhere is left alone

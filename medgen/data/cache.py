@@ -32,6 +32,7 @@ import mmap
 import os
 import struct
 import threading
+import time
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
@@ -230,6 +231,20 @@ class _WriteBehind:
                     self._cond.notify_all()
 
 
+STALE_TEMPORARY_S = 3600  # a temporary entry this old is no live writer's: its worker was killed mid-write
+
+
+def _sweep_temporaries(folder: Path) -> None:
+    """Remove the temporaries (``.tmp-*``) of writes that a killed worker left behind."""
+    cutoff = time.time() - STALE_TEMPORARY_S
+    for tmp in folder.glob(".tmp-*"):
+        try:
+            if tmp.stat().st_mtime < cutoff:
+                tmp.unlink()
+        except OSError:  # another process swept it first
+            pass
+
+
 class DiskImageCache:
     """Decoded images on disk, one entry per item and change stamp.
 
@@ -244,6 +259,7 @@ class DiskImageCache:
                  write_behind: bool = True):
         self.folder, self.decode, self.random_access = Path(folder), decode, random_access
         self.folder.mkdir(parents=True, exist_ok=True)
+        _sweep_temporaries(self.folder)
         self._write_failed = False
         self._writer = _WriteBehind(self._write) if write_behind else None
         # entry file -> (size, layout): parsing an .npy header (ast.literal_eval) cost more than cutting the patch.
