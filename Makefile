@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev,dicom]"
 	touch $(STAMP)
 
-# A small autoencoder (downsampling 2, 2 latent channels: half the values of the image), 64x64 patches, 100 short
+# A small autoencoder (downsampling 2, 2 latent channels: half the values of the image), 64x64 patches, 85 short
 # epochs with a cosine learning-rate decay; reconstruction + KL only (the perceptual network's weights are not
 # shipped, and the adversarial term sharpens only after far longer training): a few minutes on 2 CPU cores.
 DEMO_SET := --set data_base_dir=$(DEMO_DIR) --set run_dir=$(DEMO_RUN) --set data_source=both \
@@ -29,9 +29,9 @@ DEMO_SET := --set data_base_dir=$(DEMO_DIR) --set run_dir=$(DEMO_RUN) --set data
 	--set autoencoder_def.num_res_blocks=1 --set autoencoder_def.latent_channels=2 \
 	--set autoencoder_def.attention_levels=[false,true] \
 	--set autoencoder_train.patch_size=[64,64] --set autoencoder_train.batch_size=4 \
-	--set autoencoder_train.max_epochs=100 --set autoencoder_train.val_interval=10 --set autoencoder_train.lr=1e-3 \
+	--set autoencoder_train.max_epochs=85 --set autoencoder_train.val_interval=10 --set autoencoder_train.lr=1e-3 \
 	--set autoencoder_train.lr_scheduler=cosine --set autoencoder_train.perceptual_weight=0.0 \
-	--set autoencoder_train.adv_warmup_epochs=100 --set discriminator_def.channels=16 \
+	--set autoencoder_train.adv_warmup_epochs=85 --set discriminator_def.channels=16 \
 	--set checkpoint_interval=10 --set num_workers=0
 
 demo: $(STAMP)
