@@ -19,6 +19,7 @@ so the images depend on the checkpoint and the seed only, not on ``--batch-size`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -26,7 +27,8 @@ from tqdm import tqdm
 
 from medgen.errors import InvalidValueError, OutputExistsError
 
-__all__ = ["load_generator", "generate", "sample_to_files", "is_ldm_checkpoint", "load_ldm", "sample_ldm_to_files"]
+__all__ = ["load_generator", "generate", "sample_to_files", "is_ldm_checkpoint", "load_ldm", "sample_ldm_to_files",
+           "sample_ldm_classes"]
 
 FORMATS = {"png": ".png", "nii": ".nii.gz", "dcm": ".dcm"}
 
@@ -226,6 +228,43 @@ def sample_ldm_to_files(
                 done += 1
             bar.update(images.shape[0])
     return paths
+
+
+def sample_ldm_classes(
+    checkpoint: str | Path,
+    count: int,
+    output: str | Path,
+    classes: Sequence[str] | None = None,
+    **kwargs,
+) -> dict[str, list[Path]]:
+    """Write ``count`` images per class of a latent diffusion checkpoint to ``output/<class>/sample_00000.<ext>``, ...
+    (the ``dental_ldm_2d`` bundle's inference); the other arguments are :func:`sample_ldm_to_files`'s.
+
+    Args:
+        classes: the classes to sample; default every class the model was trained on. A model without class
+            conditioning samples one folder named after its ``data_source``.
+
+    Returns:
+        the files written, per class folder. Every class starts from the same noise (``seed``), so the
+        n-th images of two classes differ only by the class.
+    """
+    from medgen.config import LDMConfig
+    from medgen.io.checkpoint import load_checkpoint
+
+    if not is_ldm_checkpoint(checkpoint):
+        raise InvalidValueError(f"{checkpoint} is not a latent diffusion checkpoint (no unet and latent_stats); give a "
+                                "run_dir/checkpoints/last.pt written by `medgen train-ldm` or the dental_ldm_2d bundle")
+    cfg = LDMConfig.from_dict(load_checkpoint(checkpoint, mmap=True)["config"])
+    if not cfg.conditional:
+        if classes:
+            raise InvalidValueError(f"{checkpoint} has no class conditioning (trained on data_source={cfg.data_source}); "
+                                    "leave classes unset")
+        return {cfg.data_source: sample_ldm_to_files(checkpoint, count, Path(output) / cfg.data_source, **kwargs)}
+    unknown = [c for c in classes or () if c not in cfg.classes]
+    if unknown:
+        raise InvalidValueError(f"class {unknown[0]!r} is not one of the model's classes {list(cfg.classes)}")
+    return {c: sample_ldm_to_files(checkpoint, count, Path(output) / c, class_name=c, **kwargs)
+            for c in classes or cfg.classes}
 
 
 def _sample_paths(output: str | Path, count: int, fmt: str) -> list[Path]:
