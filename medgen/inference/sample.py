@@ -114,21 +114,10 @@ def sample_to_files(
     Raises:
         FileExistsError: a file of that name already exists (nothing is overwritten).
     """
-    from medgen.io.writer import write_image
-
-    if fmt not in FORMATS:
-        raise InvalidValueError(f"format {fmt!r} is not known; choose one of {list(FORMATS)}")
     paths = _sample_paths(output, count, fmt)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     generator = load_generator(checkpoint, device, force=force)
-    done = 0
-    with tqdm(total=count, desc="sampling", unit="img", disable=not progress) as bar:
-        for batch in generate(generator, count, seed, batch_size):
-            for image in batch:
-                write_image(image.numpy(), paths[done], synthetic=True, value_range=(0.0, 1.0))
-                done += 1
-            bar.update(batch.shape[0])
-    return paths
+    return _write_samples(generate(generator, count, seed, batch_size), paths, progress)
 
 
 # ------------------------------------------------------------------------------------------- latent diffusion
@@ -242,24 +231,13 @@ def sample_ldm_to_files(
     Returns:
         the files written (never over existing ones).
     """
-    from medgen.io.writer import write_image
-
-    if fmt not in FORMATS:
-        raise InvalidValueError(f"format {fmt!r} is not known; choose one of {list(FORMATS)}")
     paths = _sample_paths(output, count, fmt)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     ldm = load_ldm(checkpoint, device)
     if fmt == "png" and ldm[2].spatial_dims == 3:
         raise InvalidValueError("--format png holds 2D images only; use --format nii or dcm for volumes")
     batches = generate_ldm(ldm, count, seed, class_name, size, steps, scheduler, guidance, batch_size, checkpoint)
-    done = 0
-    with tqdm(total=count, desc="sampling", unit="img", disable=not progress) as bar:
-        for images in batches:
-            for image in images:
-                write_image(image.numpy(), paths[done], synthetic=True, value_range=(0.0, 1.0))
-                done += 1
-            bar.update(images.shape[0])
-    return paths
+    return _write_samples(batches, paths, progress)
 
 
 def sample_ldm_classes(
@@ -300,11 +278,27 @@ def sample_ldm_classes(
 
 
 def _sample_paths(output: str | Path, count: int, fmt: str) -> list[Path]:
-    """``output/sample_00000.<ext>``, ...; refuses when any exists (nothing is overwritten)."""
+    """``output/sample_00000.<ext>``, ...; refuses an unknown format, and when any exists (nothing is overwritten)."""
+    if fmt not in FORMATS:
+        raise InvalidValueError(f"format {fmt!r} is not known; choose one of {list(FORMATS)}")
     output = Path(output)
     width = max(5, len(str(count - 1)))
     paths = [output / f"sample_{i:0{width}d}{FORMATS[fmt]}" for i in range(count)]
     existing = [p for p in paths if p.exists()]
     if existing:
         raise OutputExistsError(f"{existing[0]} already exists; choose another --output folder (nothing was overwritten)")
+    return paths
+
+
+def _write_samples(batches, paths: list[Path], progress: bool) -> list[Path]:
+    """Write the images of ``batches`` ((b, C, *spatial) in [0, 1]) to ``paths`` in order, marked synthetic."""
+    from medgen.io.writer import write_image
+
+    done = 0
+    with tqdm(total=len(paths), desc="sampling", unit="img", disable=not progress) as bar:
+        for images in batches:
+            for image in images:
+                write_image(image.numpy(), paths[done], synthetic=True, value_range=(0.0, 1.0))
+                done += 1
+            bar.update(images.shape[0])
     return paths
