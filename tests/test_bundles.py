@@ -1,6 +1,7 @@
 """MONAI bundles (bundles/*): `python -m monai.bundle run` trains each train.json for one epoch on demo data,
 the 2D VAE also with torchrun and the multi-GPU overlay; each inference.json runs on the result; the
-bundle's transforms equal scripts/train_vae.py's; `ckpt_export` TorchScript equals the eager model."""
+bundle's transforms equal scripts/train_vae.py's; `ckpt_export` TorchScript equals the eager model; the
+latent diffusion bundle's samples equal `medgen sample`'s."""
 
 from __future__ import annotations
 
@@ -14,13 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, torchrun
+from conftest import TINY, TINY_LDM, torchrun
 from medgen.config import load_config
 from medgen.io import find_images, read_image
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = ROOT / "bundles"
-NAMES = ("dental_vae_2d", "dental_vae_3d", "dental_wgan_2d")
+NAMES = ("dental_vae_2d", "dental_vae_3d", "dental_wgan_2d", "dental_ldm_2d")
 
 # Tiny networks through the bundles' own override mechanism (MONAI `#` ids in an --args_file): the same
 # sizes as conftest.TINY, so a bundle run and a scripts/train_vae.py run can be compared.
@@ -58,6 +59,19 @@ WGAN_TINY = {
 }
 
 
+
+def _bundle_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:  # a plain string such as data_source=both
+        return text
+
+
+# conftest.TINY_LDM as bundle overrides (max_epochs comes from the bundle's own --max_epochs)
+LDM_TINY = {f"medgen_config#{key.replace('.', '#')}": _bundle_value(value)
+            for key, value in (o.split("=", 1) for o in TINY_LDM) if key != "ldm_train.max_epochs"}
+
+
 def _env(**extra) -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", **extra}
 
@@ -77,10 +91,10 @@ def bundle_run(bundle: str, config: str, *args: str, env: dict | None = None, ch
     return proc
 
 
-def _train(bundle: str, demo: Path, out: Path, overrides: dict) -> subprocess.CompletedProcess:
+def _train(bundle: str, demo: Path, out: Path, overrides: dict, *extra: str) -> subprocess.CompletedProcess:
     out.mkdir(parents=True, exist_ok=True)
     return bundle_run(bundle, "train.json", "--dataset_dir", str(demo), "--output_dir", str(out / "run"),
-                      "--max_epochs", "1", "--args_file", _args_file(out, overrides))
+                      "--max_epochs", "1", "--args_file", _args_file(out, overrides), *extra)
 
 
 def _in_process(fn, **kwargs):
@@ -131,7 +145,12 @@ def test_bundle_layout_and_metadata(name):
         assert key in train, key
     assert train["medgen_config"]["data_base_dir"] == "@dataset_dir" and train["medgen_config"]["run_dir"] == "@output_dir"
     mc = train["medgen_config"]
-    if "autoencoder_def" in mc:  # the metadata describes the network train.json builds
+    if "diffusion_def" in mc:  # the UNet maps noisy latents to noise of the same shape
+        factor = 2 ** (len(mc["diffusion_def"]["channels"]) - 1)
+        assert image["num_channels"] == pred["num_channels"]
+        assert image["spatial_shape"] == [f"{factor}*n"] * mc["spatial_dims"] == pred["spatial_shape"]
+        assert all(p % factor == 0 for p in mc["ldm_train"]["latent_patch_size"])
+    elif "autoencoder_def" in mc:  # the metadata describes the network train.json builds
         ae = mc["autoencoder_def"]
         factor = 2 ** (len(ae["channels"]) - 1)
         assert image["num_channels"] == ae["in_channels"] and pred["num_channels"] == ae["out_channels"]
@@ -271,3 +290,74 @@ def test_wgan_bundle_trains_samples_and_exports(demo2d, tmp_path):
     z = torch.randn(3, 100, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(exported(z), eager(z), atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------- latent diffusion
+@pytest.fixture(scope="module")
+def ldm2d(demo2d, tmp_path_factory) -> tuple[Path, Path, subprocess.CompletedProcess]:
+    """The LDM bundle trained one epoch on a tiny autoencoder (the one tests/test_train_ldm.py trains on)."""
+    from test_train_ldm import vae_checkpoint
+
+    out = tmp_path_factory.mktemp("ldm2d")
+    vae = vae_checkpoint(out / "vae.pt")
+    return out / "run", vae, _train("dental_ldm_2d", demo2d, out, LDM_TINY, "--autoencoder_checkpoint", str(vae))
+
+
+def test_ldm_bundle_trains_with_medgen_and_network_def_is_its_unet(ldm2d, demo2d):
+    from monai.bundle import ConfigParser
+
+    run, vae, proc = ldm2d
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["epoch"] == 1 and ckpt["global_step"] == 4  # 8 training latents, batch 2
+    assert ckpt["config"]["diffusion_def"]["channels"] == [8, 16] and ckpt["config"]["autoencoder_checkpoint"] == str(vae)
+    assert ckpt["config"]["data_base_dir"] == str(demo2d)
+    assert ckpt["latent_stats"]["image_shape"] == [40, 40] and (run / "tensorboard").is_dir()
+    assert " - medgen.train - INFO - training on " in proc.stdout
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLES / "dental_ldm_2d" / "configs" / "train.json"))
+    parser.update({**LDM_TINY, "autoencoder_checkpoint": str(vae)})
+    parser.get_parsed_content("network_def").load_state_dict(ckpt["unet"])  # strict: the same architecture
+
+
+def test_ldm_bundle_with_torchrun_and_multi_gpu_overlay(demo2d, ldm2d, tmp_path):
+    bundle = BUNDLES / "dental_ldm_2d"
+    _, vae, _ = ldm2d
+    configs = [str(bundle / "configs" / f) for f in ("train.json", "multi_gpu_train.json")]
+    run = tmp_path / "run"
+    proc = torchrun(["--standalone", "--nproc_per_node=2", "-m", "monai.bundle", "run", "--config_file", repr(configs),
+                     "--bundle_root", str(bundle), "--dataset_dir", str(demo2d), "--output_dir", str(run),
+                     "--autoencoder_checkpoint", str(vae), "--max_epochs", "1", "--args_file", _args_file(tmp_path, LDM_TINY)])
+    versions = json.loads((run / "versions.json").read_text())
+    assert versions["world_size"] == 2 and versions["effective_lr"]["unet"] == pytest.approx(2 * 1e-3)  # lr x world size
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["world_size"] == 2 and ckpt["global_step"] == 2  # 8 latents, 4 per rank, batch 2
+    assert (proc.stdout + proc.stderr).count("training on ") == 1  # rank 0 logs, rank 1 does not
+
+
+def test_ldm_inference_json_samples_every_class_like_medgen_sample(ldm2d, tmp_path):
+    from medgen.cli import main
+
+    run, _, _ = ldm2d
+    ckpt, bundle = run / "checkpoints" / "last.pt", BUNDLES / "dental_ldm_2d"
+    _in_process("run", config_file=str(bundle / "configs" / "inference.json"), logging_file=False, bundle_root=str(bundle),
+                output_dir=str(tmp_path / "bundle"), checkpoint=str(ckpt), num_samples=2, num_inference_steps=3,
+                guidance_scale=2.0, device="cpu")
+    for name in ("edente", "dente"):
+        files = sorted((tmp_path / "bundle" / name).iterdir())
+        assert [p.name for p in files] == ["sample_00000.png", "sample_00001.png"]
+        assert read_image(files[0])[0].shape == (1, 40, 40)  # the training images' size
+        assert main(["sample", "--checkpoint", str(ckpt), "--output", str(tmp_path / "cli" / name), "--class", name,
+                     "--count", "2", "--steps", "3", "--guidance", "2"]) == 0
+        assert [p.read_bytes() for p in files] == [p.read_bytes() for p in sorted((tmp_path / "cli" / name).iterdir())]
+    edente, dente = (read_image(tmp_path / "bundle" / n / "sample_00000.png")[0] for n in ("edente", "dente"))
+    assert not torch.equal(torch.as_tensor(edente), torch.as_tensor(dente))  # same noise, the class changes the image
+
+    _in_process("run", config_file=str(bundle / "configs" / "inference.json"), logging_file=False, bundle_root=str(bundle),
+                output_dir=str(tmp_path / "one"), checkpoint=str(ckpt), num_samples=1, num_inference_steps=2,
+                classes=["dente"], device="cpu")
+    assert [p.name for p in (tmp_path / "one").iterdir()] == ["dente"]
+    with pytest.raises(RuntimeError) as error:  # MONAI wraps the error of an expression
+        _in_process("run", config_file=str(bundle / "configs" / "inference.json"), logging_file=False,
+                    bundle_root=str(bundle), output_dir=str(tmp_path / "x"), checkpoint=str(ckpt), classes=["molar"])
+    assert "class 'molar' is not one of the model's classes ['edente', 'dente']" in str(error.value.__cause__)
+    assert not (tmp_path / "x").exists()

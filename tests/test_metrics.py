@@ -15,6 +15,8 @@ from medgen.metrics import (
     histogram_wasserstein,
     kid,
     psnr,
+    radial_power_spectrum,
+    spectrum_distance,
     ssim,
     ssim_diversity,
 )
@@ -185,3 +187,20 @@ def test_histogram_distances():
     assert histogram_intersection(torch.full((10,), 5.0), torch.ones(10)).item() == pytest.approx(1.0)
     with pytest.raises(ValueError, match="low < high"):
         histogram_wasserstein(a, b, value_range=(1.0, 0.0))
+
+
+def test_radial_power_spectrum_is_flat_for_white_noise_and_blur_removes_high_frequencies():
+    from monai.networks.layers import GaussianFilter
+
+    torch.manual_seed(0)
+    noise = torch.randn(64, 1, 32, 48) * 0.1  # white noise of variance 0.01: power 0.01 at every frequency
+    spectrum = radial_power_spectrum(noise, bins=8)
+    assert spectrum.shape == (8,) and spectrum[1:].min() > 0.008 and spectrum[1:].max() < 0.012
+    blurred = GaussianFilter(2, sigma=1.5)(noise)
+    low = radial_power_spectrum(blurred, bins=8)
+    assert low[-1] < 0.01 * low[1]  # blur keeps the low and removes the high frequencies
+    assert spectrum_distance(noise, noise.clone()).item() == 0.0
+    assert spectrum_distance(noise, 2 * noise).item() == pytest.approx(math.log10(4), abs=1e-6)  # power x 4
+    assert spectrum_distance(noise, blurred).item() > 1.0  # more than a decade apart on average
+    with pytest.raises(ValueError, match=r"expected \(N, C, H, W\)"):
+        radial_power_spectrum(torch.rand(2, 1, 8, 8, 8))

@@ -19,6 +19,7 @@ so the images depend on the checkpoint and the seed only, not on ``--batch-size`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -26,7 +27,8 @@ from tqdm import tqdm
 
 from medgen.errors import InvalidValueError, OutputExistsError
 
-__all__ = ["load_generator", "generate", "sample_to_files", "is_ldm_checkpoint", "load_ldm", "sample_ldm_to_files"]
+__all__ = ["load_generator", "generate", "sample_to_files", "is_ldm_checkpoint", "load_ldm", "generate_ldm",
+           "sample_ldm_to_files", "sample_ldm_classes"]
 
 FORMATS = {"png": ".png", "nii": ".nii.gz", "dcm": ".dcm"}
 
@@ -112,21 +114,10 @@ def sample_to_files(
     Raises:
         FileExistsError: a file of that name already exists (nothing is overwritten).
     """
-    from medgen.io.writer import write_image
-
-    if fmt not in FORMATS:
-        raise InvalidValueError(f"format {fmt!r} is not known; choose one of {list(FORMATS)}")
     paths = _sample_paths(output, count, fmt)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     generator = load_generator(checkpoint, device, force=force)
-    done = 0
-    with tqdm(total=count, desc="sampling", unit="img", disable=not progress) as bar:
-        for batch in generate(generator, count, seed, batch_size):
-            for image in batch:
-                write_image(image.numpy(), paths[done], synthetic=True, value_range=(0.0, 1.0))
-                done += 1
-            bar.update(batch.shape[0])
-    return paths
+    return _write_samples(generate(generator, count, seed, batch_size), paths, progress)
 
 
 # ------------------------------------------------------------------------------------------- latent diffusion
@@ -156,6 +147,68 @@ def load_ldm(checkpoint: str | Path, device: str | torch.device = "cpu", use_ema
     return unet.to(device).eval(), autoencoder.to(device).eval(), cfg, vae_cfg, dict(ckpt["latent_stats"])
 
 
+def generate_ldm(
+    ldm: tuple,
+    count: int,
+    seed: int = 0,
+    class_name: str | None = None,
+    size: Sequence[int] | None = None,
+    steps: int | None = None,
+    scheduler: str | None = None,
+    guidance: float | None = None,
+    batch_size: int = 4,
+    name: str | Path = "the checkpoint",
+):
+    """Yield batches of images (b, C, *size) in [0, 1] on the CPU from a loaded latent diffusion model, ``count`` in all.
+
+    Args:
+        ldm: what :func:`load_ldm` returns (the networks' device is where sampling runs).
+        class_name: ``dente`` or ``edente`` (required by a class-conditional model, refused by an unconditional one).
+        size: image size ``(H, W)`` or ``(D, H, W)`` in pixels; default the training images' size.
+        steps, scheduler, guidance: default the training's ``num_inference_steps``, ``ddim`` (``rflow`` for a
+            rectified-flow model) and ``guidance_scale``.
+        name: how errors name the model (its checkpoint path).
+
+    The noise of all ``count`` samples is drawn at once from ``seed``; stochastic (ddpm) steps draw from a
+    generator seeded per batch, so equal ``seed`` and ``batch_size`` give equal images. The arguments are
+    checked when this is called, before any batch.
+    """
+    from medgen.models.diffusion import CLASS_INDEX, SAMPLERS, generate_images, latent_noise_shape, sampling_scheduler
+    from medgen.models.tiled import tiling_for
+
+    unet, autoencoder, cfg, vae_cfg, stats = ldm
+    t = cfg.ldm_train
+    if cfg.conditional and class_name is None:
+        raise InvalidValueError(f"{name} is class-conditional; give --class dente or --class edente")
+    if not cfg.conditional and class_name is not None and class_name not in cfg.classes:
+        raise InvalidValueError(f"{name} was trained on {cfg.data_source} images only (unconditional); "
+                                f"drop --class {class_name} or use a model trained with data_source=both")
+    size = tuple(size) if size else tuple(stats["image_shape"])
+    if len(size) != cfg.spatial_dims or any(s < 1 for s in size):
+        raise InvalidValueError(f"--size {' '.join(map(str, size))} must be {cfg.spatial_dims} positive sizes "
+                                f"({'H W' if cfg.spatial_dims == 2 else 'D H W'}) for this {cfg.spatial_dims}D model")
+    scheduler = scheduler or SAMPLERS[t.scheduler][0]
+    steps = steps or t.num_inference_steps
+    sampling_scheduler(t.scheduler, scheduler, t.num_train_timesteps)  # a sampler the model supports
+    if not 1 <= steps <= t.num_train_timesteps:
+        raise InvalidValueError(f"--steps {steps} must be between 1 and the model's {t.num_train_timesteps} training timesteps")
+    guidance = t.guidance_scale if guidance is None else guidance
+    device = next(unet.parameters()).device
+    shape = latent_noise_shape(size, vae_cfg.autoencoder_def.downsample_factor, cfg.diffusion_def.downsample_factor)
+    noise = torch.randn((count, vae_cfg.autoencoder_def.latent_channels, *shape), generator=torch.Generator().manual_seed(seed))
+    labels = [CLASS_INDEX[class_name]] * count if cfg.conditional else None
+    tiling = tiling_for(vae_cfg, model=autoencoder)
+
+    def batches():
+        for start in range(0, count, batch_size):
+            batch = noise[start:start + batch_size].to(device)
+            yield generate_images(unet, autoencoder, tiling, stats["scale_factor"], batch, size, t.scheduler, scheduler,
+                                  t.num_train_timesteps, steps, labels[start:start + batch_size] if labels else None,
+                                  guidance, torch.Generator(device=device).manual_seed(seed + start))
+
+    return batches()
+
+
 def sample_ldm_to_files(
     checkpoint: str | Path,
     count: int,
@@ -173,67 +226,79 @@ def sample_ldm_to_files(
 ) -> list[Path]:
     """Write ``count`` images of a latent diffusion checkpoint to ``output/sample_00000.<ext>``, ...
 
-    Args:
-        class_name: ``dente`` or ``edente`` (required by a class-conditional model, refused by an unconditional one).
-        size: image size ``(H, W)`` or ``(D, H, W)`` in pixels; default the training images' size.
-        steps, scheduler, guidance: default the training's ``num_inference_steps``, ``ddim`` (``rflow`` for a
-            rectified-flow model) and ``guidance_scale``.
+    The sampling arguments are :func:`generate_ldm`'s.
 
     Returns:
         the files written (never over existing ones).
     """
-    from medgen.io.writer import write_image
-    from medgen.models.diffusion import CLASS_INDEX, SAMPLERS, generate_images, latent_noise_shape, sampling_scheduler
-    from medgen.models.tiled import tiling_for
-
-    if fmt not in FORMATS:
-        raise InvalidValueError(f"format {fmt!r} is not known; choose one of {list(FORMATS)}")
     paths = _sample_paths(output, count, fmt)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    unet, autoencoder, cfg, vae_cfg, stats = load_ldm(checkpoint, device)
-    t = cfg.ldm_train
-    if cfg.conditional and class_name is None:
-        raise InvalidValueError(f"{checkpoint} is class-conditional; give --class dente or --class edente")
-    if not cfg.conditional and class_name is not None and class_name not in cfg.classes:
-        raise InvalidValueError(f"{checkpoint} was trained on {cfg.data_source} images only (unconditional); "
-                                f"drop --class {class_name} or use a model trained with data_source=both")
-    if fmt == "png" and cfg.spatial_dims == 3:
+    ldm = load_ldm(checkpoint, device)
+    if fmt == "png" and ldm[2].spatial_dims == 3:
         raise InvalidValueError("--format png holds 2D images only; use --format nii or dcm for volumes")
-    size = tuple(size) if size else tuple(stats["image_shape"])
-    if len(size) != cfg.spatial_dims or any(s < 1 for s in size):
-        raise InvalidValueError(f"--size {' '.join(map(str, size))} must be {cfg.spatial_dims} positive sizes "
-                                f"({'H W' if cfg.spatial_dims == 2 else 'D H W'}) for this {cfg.spatial_dims}D model")
-    scheduler = scheduler or SAMPLERS[t.scheduler][0]
-    steps = steps or t.num_inference_steps
-    sampling_scheduler(t.scheduler, scheduler, t.num_train_timesteps)  # a sampler the model supports
-    if not 1 <= steps <= t.num_train_timesteps:
-        raise InvalidValueError(f"--steps {steps} must be between 1 and the model's {t.num_train_timesteps} training timesteps")
-    guidance = t.guidance_scale if guidance is None else guidance
-    ae_factor = vae_cfg.autoencoder_def.downsample_factor
-    shape = latent_noise_shape(size, ae_factor, cfg.diffusion_def.downsample_factor)
-    noise = torch.randn((count, vae_cfg.autoencoder_def.latent_channels, *shape), generator=torch.Generator().manual_seed(seed))
-    labels = [CLASS_INDEX[class_name]] * count if cfg.conditional else None
-    tiling = tiling_for(vae_cfg, model=autoencoder)
-    done = 0
-    with tqdm(total=count, desc="sampling", unit="img", disable=not progress) as bar:
-        for start in range(0, count, batch_size):
-            batch = noise[start:start + batch_size].to(device)
-            images = generate_images(unet, autoencoder, tiling, stats["scale_factor"], batch, size, t.scheduler, scheduler,
-                                     t.num_train_timesteps, steps, labels[start:start + batch_size] if labels else None,
-                                     guidance, torch.Generator(device=device).manual_seed(seed + start))
-            for image in images:
-                write_image(image.numpy(), paths[done], synthetic=True, value_range=(0.0, 1.0))
-                done += 1
-            bar.update(images.shape[0])
-    return paths
+    batches = generate_ldm(ldm, count, seed, class_name, size, steps, scheduler, guidance, batch_size, checkpoint)
+    return _write_samples(batches, paths, progress)
+
+
+def sample_ldm_classes(
+    checkpoint: str | Path,
+    count: int,
+    output: str | Path,
+    classes: Sequence[str] | None = None,
+    **kwargs,
+) -> dict[str, list[Path]]:
+    """Write ``count`` images per class of a latent diffusion checkpoint to ``output/<class>/sample_00000.<ext>``, ...
+    (the ``dental_ldm_2d`` bundle's inference); the other arguments are :func:`sample_ldm_to_files`'s.
+
+    Args:
+        classes: the classes to sample; default every class the model was trained on. A model without class
+            conditioning samples one folder named after its ``data_source``.
+
+    Returns:
+        the files written, per class folder. Every class starts from the same noise (``seed``), so the
+        n-th images of two classes differ only by the class.
+    """
+    from medgen.config import LDMConfig
+    from medgen.io.checkpoint import load_checkpoint
+
+    if not is_ldm_checkpoint(checkpoint):
+        raise InvalidValueError(f"{checkpoint} is not a latent diffusion checkpoint (no unet and latent_stats); give a "
+                                "run_dir/checkpoints/last.pt written by `medgen train-ldm` or the dental_ldm_2d bundle")
+    cfg = LDMConfig.from_dict(load_checkpoint(checkpoint, mmap=True)["config"])
+    if not cfg.conditional:
+        if classes:
+            raise InvalidValueError(f"{checkpoint} has no class conditioning (trained on data_source={cfg.data_source}); "
+                                    "leave classes unset")
+        return {cfg.data_source: sample_ldm_to_files(checkpoint, count, Path(output) / cfg.data_source, **kwargs)}
+    unknown = [c for c in classes or () if c not in cfg.classes]
+    if unknown:
+        raise InvalidValueError(f"class {unknown[0]!r} is not one of the model's classes {list(cfg.classes)}")
+    return {c: sample_ldm_to_files(checkpoint, count, Path(output) / c, class_name=c, **kwargs)
+            for c in classes or cfg.classes}
 
 
 def _sample_paths(output: str | Path, count: int, fmt: str) -> list[Path]:
-    """``output/sample_00000.<ext>``, ...; refuses when any exists (nothing is overwritten)."""
+    """``output/sample_00000.<ext>``, ...; refuses an unknown format, and when any exists (nothing is overwritten)."""
+    if fmt not in FORMATS:
+        raise InvalidValueError(f"format {fmt!r} is not known; choose one of {list(FORMATS)}")
     output = Path(output)
     width = max(5, len(str(count - 1)))
     paths = [output / f"sample_{i:0{width}d}{FORMATS[fmt]}" for i in range(count)]
     existing = [p for p in paths if p.exists()]
     if existing:
         raise OutputExistsError(f"{existing[0]} already exists; choose another --output folder (nothing was overwritten)")
+    return paths
+
+
+def _write_samples(batches, paths: list[Path], progress: bool) -> list[Path]:
+    """Write the images of ``batches`` ((b, C, *spatial) in [0, 1]) to ``paths`` in order, marked synthetic."""
+    from medgen.io.writer import write_image
+
+    done = 0
+    with tqdm(total=len(paths), desc="sampling", unit="img", disable=not progress) as bar:
+        for images in batches:
+            for image in images:
+                write_image(image.numpy(), paths[done], synthetic=True, value_range=(0.0, 1.0))
+                done += 1
+            bar.update(images.shape[0])
     return paths

@@ -1,4 +1,4 @@
-"""Sample and reconstruction quality: PSNR/SSIM, weight-free diversity and histogram distances, FID/KID (on a
+"""Sample and reconstruction quality: PSNR/SSIM, weight-free diversity, histogram and power-spectrum distances, FID/KID (on a
 feature network from a local file or from the weights directory), and the copy check (nearest training image
 of each sample, :mod:`medgen.metrics.copies`)."""
 
@@ -11,6 +11,8 @@ from .image_quality import (
     histogram_wasserstein,
     intensity_histogram,
     psnr,
+    radial_power_spectrum,
+    spectrum_distance,
     ssim,
     ssim_diversity,
 )
@@ -27,4 +29,6 @@ __all__ = [
     "intensity_histogram",
     "histogram_wasserstein",
     "histogram_intersection",
+    "radial_power_spectrum",
+    "spectrum_distance",
 ]
