@@ -36,7 +36,7 @@ DEMO_SET := --set data_base_dir=$(DEMO_DIR) --set run_dir=$(DEMO_RUN) --set data
 
 demo: $(STAMP)
 	rm -rf $(DEMO_RUN)
-	$(BIN)/medgen demo-data $(DEMO_DIR) --spatial-dims 2 --count 24 --size 96 --seed 0
+	$(BIN)/medgen demo-data $(DEMO_DIR) --spatial-dims 2 --count 22 --size 96 --seed 0
 	$(BIN)/torchrun --standalone --nproc_per_node=$(NPROC) scripts/train_vae.py vae_config.json $(DEMO_SET)
 	@echo "Done. Checkpoints: $(DEMO_RUN)/checkpoints  TensorBoard: $(BIN)/tensorboard --logdir $(DEMO_RUN)"
 
