@@ -223,17 +223,19 @@ def sample_ldm_to_files(
     batch_size: int = 4,
     device: str | torch.device | None = None,
     progress: bool = True,
+    ldm: tuple | None = None,
 ) -> list[Path]:
     """Write ``count`` images of a latent diffusion checkpoint to ``output/sample_00000.<ext>``, ...
 
-    The sampling arguments are :func:`generate_ldm`'s.
+    The sampling arguments are :func:`generate_ldm`'s; ``ldm`` is the checkpoint as :func:`load_ldm` already
+    loaded it (else it is loaded here, on ``device``).
 
     Returns:
         the files written (never over existing ones).
     """
     paths = _sample_paths(output, count, fmt)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    ldm = load_ldm(checkpoint, device)
+    if ldm is None:
+        ldm = load_ldm(checkpoint, device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if fmt == "png" and ldm[2].spatial_dims == 3:
         raise InvalidValueError("--format png holds 2D images only; use --format nii or dcm for volumes")
     batches = generate_ldm(ldm, count, seed, class_name, size, steps, scheduler, guidance, batch_size, checkpoint)
@@ -258,22 +260,21 @@ def sample_ldm_classes(
         the files written, per class folder. Every class starts from the same noise (``seed``), so the
         n-th images of two classes differ only by the class.
     """
-    from medgen.config import LDMConfig
-    from medgen.io.checkpoint import load_checkpoint
-
     if not is_ldm_checkpoint(checkpoint):
         raise InvalidValueError(f"{checkpoint} is not a latent diffusion checkpoint (no unet and latent_stats); give a "
                                 "run_dir/checkpoints/last.pt written by `medgen train-ldm` or the dental_ldm_2d bundle")
-    cfg = LDMConfig.from_dict(load_checkpoint(checkpoint, mmap=True)["config"])
+    device = kwargs.pop("device", None) or ("cuda" if torch.cuda.is_available() else "cpu")
+    ldm = load_ldm(checkpoint, device)  # once, for every class
+    cfg = ldm[2]
     if not cfg.conditional:
         if classes:
             raise InvalidValueError(f"{checkpoint} has no class conditioning (trained on data_source={cfg.data_source}); "
                                     "leave classes unset")
-        return {cfg.data_source: sample_ldm_to_files(checkpoint, count, Path(output) / cfg.data_source, **kwargs)}
+        return {cfg.data_source: sample_ldm_to_files(checkpoint, count, Path(output) / cfg.data_source, ldm=ldm, **kwargs)}
     unknown = [c for c in classes or () if c not in cfg.classes]
     if unknown:
         raise InvalidValueError(f"class {unknown[0]!r} is not one of the model's classes {list(cfg.classes)}")
-    return {c: sample_ldm_to_files(checkpoint, count, Path(output) / c, class_name=c, **kwargs)
+    return {c: sample_ldm_to_files(checkpoint, count, Path(output) / c, class_name=c, ldm=ldm, **kwargs)
             for c in classes or cfg.classes}
 
 
