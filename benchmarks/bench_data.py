@@ -7,30 +7,33 @@ Two contenders read the same files in one run:
 - **medgen**, exactly as training uses it: ``build_dataset(cfg, items, patch_size, train=True)`` and one
   ``make_train_loader(cfg, dataset, batch_size, 0, rank=0, world_size=1)`` whose workers persist across
   epochs (``loader.sampler.set_epoch(epoch)``), with the config's ``num_workers``, ``cache="disk"`` in a fresh
-  temporary ``cache_dir`` and the config's transforms. The first epoch decodes every file (read, window from
-  the value counts) and writes the cache; the later ones cut each patch out of the memory-mapped cache entry
-  and window only the patch. The first-epoch time includes ``build_dataset`` and starting the workers, since
-  training pays both.
+  temporary ``cache_dir`` and the config's transforms (``cache_in_place`` as the config says: true by
+  default). The first epoch decodes every file (read, window from the value counts) and writes the cache; the
+  later ones cut each patch out of the memory-mapped cache entry, or read its rows from the item's own file
+  (uncompressed 2D DICOM read in place), and window only the patch. The first-epoch time includes
+  ``build_dataset`` and starting the workers, since training pays both. ``--set KEY=VALUE`` changes the config
+  (e.g. ``--set cache_in_place=false`` to measure the copying cache on 2D files).
 
 Besides images/s it reports, per patch of a cached epoch:
 
 - ``patch_mb``: the patch at the cache's stored width (e.g. 128^3 int16 = 4.2 MB), what crop-at-read copies
   out of the memory map;
 - ``read_mb_cold``: the bytes actually read from disk (``read_bytes`` of ``/proc/self/io``) in one more cached
-  epoch run in this process after the cache files were dropped from the page cache (``posix_fadvise
-  DONTNEED``): the cost when the cache does not fit in RAM. Entries store their values in page-aligned chunks
-  of 4096 values (64x64 uint16 = 8 KiB in 2D, 16^3 int16 in 3D) and a patch reads the chunks it touches: about
-  ((256 + 64) / 256)^2 = 1.56x the bytes of a 256^2 patch, ((128 + 16) / 128)^3 = 1.42x of a 128^3 one, on
-  average over crop positions (in rows, the previous format, every row of a patch was its own page or two:
-  8x and 2.1x).
+  epoch run in this process after the cache files, and the source files read in place, were dropped from the
+  page cache (``posix_fadvise DONTNEED``): the cost when the data do not fit in RAM. Copied entries store their
+  values in page-aligned chunks of 4096 values (64x64 uint16 = 8 KiB in 2D, 16^3 int16 in 3D) and a patch reads
+  the chunks it touches: about ((256 + 64) / 256)^2 = 1.56x the bytes of a 256^2 patch, ((128 + 16) / 128)^3 =
+  1.42x of a 128^3 one, on average over crop positions. A 2D file read in place gives a patch the whole rows it
+  spans, one contiguous read (a 256^2 patch of a 2048^2 uint16 image: 256 rows of 4 KiB, 8x the patch in one
+  sequential 1 MB read, against 25 scattered 8 KiB chunks).
 
 and ``cache_ratio``: the pixel data in the cache over the decoded source data (stored samples at
-BitsAllocated); each entry adds a 4 KiB .npy header (the values start on a page) and a JSON trailer of a few
-hundred bytes (``cache_bytes``).
-``first_epoch_ms_per_item`` splits a first epoch's work on 8 items, timed one by one in this process: bare
-pydicom, medgen's decode (read, window) and the cache write (into chunks, then to the file), which training does
-on a thread beside the decoding (so at the end of the first epoch each worker may still be writing its last
-entry or two; they are finished during the next epoch).
+BitsAllocated; 0 for entries read in place); each copied entry adds a 4 KiB .npy header (the values start on a
+page), each entry a JSON trailer of a few hundred bytes (``cache_bytes``).
+``first_epoch_ms_per_item`` splits a first epoch's work on 16 items, each part a loop in this process: bare
+pydicom, medgen's decode (read, window) and the cache write (the trailer of an entry read in place; a copy into
+chunks, then to the file, which training does on a thread beside the decoding, so at the end of the first epoch
+each worker may still be writing its last entry or two; they are finished during the next epoch).
 
 Rounds alternate between the two contenders (bare pass, then medgen's K epochs from an empty cache) so that
 load from other processes hits both alike; the first round is a warm-up (imports, page cache) and is
@@ -223,31 +226,45 @@ def _read_bytes() -> int | None:
 
 
 def first_epoch_parts(cfg, items: list[dict], files_per_item: list[list[str]], patch: tuple[int, ...], folder: Path,
-                      n: int = 8) -> dict:
-    """Median milliseconds per item, in this process, of what a first epoch does with an image: ``bare`` (pydicom
-    alone), ``decode`` (read, window) and ``write`` (its cache entry, into a fresh folder)."""
-    parts = {"bare": [], "decode": [], "write": []}
-    cache = DiskImageCache(folder, lambda path: decode(path, cfg, patch))
-    for item, files in list(zip(items, files_per_item))[:n]:
+                      n: int = 16) -> dict:
+    """Milliseconds per item, in this process, of what a first epoch does with an image: ``bare`` (pydicom
+    alone, as its pass: one file after another), ``decode`` (read, window) and ``write`` (its cache entry, into a
+    fresh folder), timed one after the other for each of the first ``n`` items (each image freed before the next,
+    as a loader worker does)."""
+    cache = DiskImageCache(folder, lambda path: decode(path, cfg, patch), in_place=cfg.cache_in_place)
+    chosen = list(zip(items, files_per_item))[:n]
+    t0 = time.perf_counter()
+    bare_pass([files for _, files in chosen])
+    parts = {"bare": time.perf_counter() - t0, "decode": 0.0, "write": 0.0}
+    for item, _ in chosen:
         t0 = time.perf_counter()
-        bare_pass([files])
-        t1 = time.perf_counter()
         image = decode(item["image"], cfg, patch)
-        t2 = time.perf_counter()
+        t1 = time.perf_counter()
         cache.put(item["image"], image, item_signature(item["image"]))
-        t3 = time.perf_counter()
-        parts["bare"].append(t1 - t0)
-        parts["decode"].append(t2 - t1)
-        parts["write"].append(t3 - t2)
+        parts["decode"] += t1 - t0
+        parts["write"] += time.perf_counter() - t1
+        del image
     shutil.rmtree(folder, ignore_errors=True)
-    return {k: 1e3 * statistics.median(v) for k, v in parts.items()}
+    return {k: 1e3 * v / len(chosen) for k, v in parts.items()}
 
 
-def cache_figures(cfg, items: list[dict], patch: tuple[int, ...], batch_size: int) -> dict:
+def _drop_from_page_cache(paths) -> None:
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # dirty pages (entries just written) would stay in the page cache
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def cache_figures(cfg, items: list[dict], files_per_item: list[list[str]], patch: tuple[int, ...],
+                  batch_size: int) -> dict:
     """Size, stored types and bytes per patch of the filled cache in ``cfg.cache_dir`` (see the module docstring).
 
     ``read_mb_cold`` comes from one more cached epoch in this process (no workers, so /proc/self/io counts its
-    reads) after every cache file was dropped from the page cache; None where that cannot be measured.
+    reads) after every cache file, and every source file read in place, was dropped from the page cache; None
+    where that cannot be measured. The source files are read once more afterwards (warm again).
     """
     entries = sorted(Path(cfg.cache_dir).rglob("*.npy"))
     layouts = []
@@ -255,24 +272,22 @@ def cache_figures(cfg, items: list[dict], patch: tuple[int, ...], batch_size: in
         with open(e, "rb") as f:
             layouts.append(read_layout(f))
     patch_bytes = [np.prod([min(p, s) for p, s in zip(patch, x.shape)]) * x.dtype.itemsize for x in layouts]
-    pixel_bytes = sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in layouts)
+    pixel_bytes = sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in layouts if x.in_file is None)
     dtypes = sorted({str(x.dtype) for x in layouts})
-    for e in entries:
-        fd = os.open(e, os.O_RDONLY)
-        try:
-            os.fsync(fd)  # dirty pages (entries just written) would stay in the page cache
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
+    in_place = sum(x.in_file is not None for x in layouts)
+    sources = [f for files in files_per_item for f in files]
+    _drop_from_page_cache(entries + (sources if in_place else []))
     serial = dataclasses.replace(cfg, num_workers=0)
     dataset = build_dataset(serial, items, patch, train=True)
     before = _read_bytes()
     for _ in make_train_loader(serial, dataset, batch_size, 1, rank=0, world_size=1):
         pass
     after = _read_bytes()
+    bare_pass(files_per_item)
     return {
         "cache_bytes": sum(e.stat().st_size for e in entries),
         "cache_pixel_bytes": pixel_bytes,
+        "cache_entries_in_place": in_place,
         "cache_dtypes": dtypes,
         "patch_mb": float(np.mean(patch_bytes)) / 1e6,
         "read_mb_cold": None if before is None or after is None else (after - before) / len(items) / 1e6,
@@ -287,8 +302,10 @@ def main(argv=None) -> dict:
     p.add_argument("--epochs", type=int, default=4, help="medgen epochs per round: the first plus K-1 cached (>= 2)")
     p.add_argument("--patch-size", type=int, nargs="+", default=[64, 64], help="2 values (2D) or 3 (3D); default 64 64")
     p.add_argument("--batch", type=int, default=None, help="batch size (default: vae_config.json's)")
-    p.add_argument("--rounds", type=int, default=3, help="timed rounds after one warm-up round (default 3)")
+    p.add_argument("--rounds", type=int, default=5, help="timed rounds after one warm-up round (default 5)")
     p.add_argument("--json", type=Path, help="write the results here")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, as medgen's --set (e.g. cache_in_place=false); repeatable")
     args = p.parse_args(argv)
     if args.epochs < 2:
         p.error("--epochs must be at least 2 (one first epoch and at least one cached epoch)")
@@ -318,6 +335,7 @@ def main(argv=None) -> dict:
             overrides.append(f"num_workers={args.workers}")
         if args.batch is not None:
             overrides.append(f"autoencoder_train.batch_size={args.batch}")
+        overrides += args.overrides
         cfg = load_config(ROOT / "vae_config.json", overrides)
         batch_size = cfg.autoencoder_train.batch_size
 
@@ -330,7 +348,7 @@ def main(argv=None) -> dict:
             if n != len(items):
                 raise RuntimeError(f"medgen's loader gave {n} images per epoch for {len(items)} items")
             if r == args.rounds:  # after the timed rounds: this pass evicts the cache from the page cache
-                figures = cache_figures(cfg, items, patch, batch_size)
+                figures = cache_figures(cfg, items, files_per_item, patch, batch_size)
                 figures["first_epoch_ms_per_item"] = first_epoch_parts(cfg, items, files_per_item, patch, tmp / "parts")
             shutil.rmtree(cfg.cache_dir, ignore_errors=True)
             if r:
@@ -373,6 +391,8 @@ def main(argv=None) -> dict:
         "patch_size": list(patch),
         "patch_mode": cfg.patch_mode,
         "augment": cfg.augment,
+        "cache_in_place": cfg.cache_in_place,
+        "overrides": args.overrides,
         "num_workers": cfg.num_workers,
         "batch_size": batch_size,
         "epochs_per_round": args.epochs,
@@ -399,7 +419,8 @@ def main(argv=None) -> dict:
     print(f"first epoch per item in one process: bare pydicom {parts['bare']:.1f} ms, medgen decode (read, window) "
           f"{parts['decode']:.1f} ms + cache write {parts['write']:.1f} ms")
     print(f"cache: {figures['cache_pixel_bytes'] / 1e6:.1f} MB of pixels (+ {(figures['cache_bytes'] - figures['cache_pixel_bytes']) / 1e3:.1f} kB "
-          f"of headers) for {source_bytes / 1e6:.1f} MB of decoded source data")
+          f"of headers and trailers; {figures['cache_entries_in_place']} of {len(items)} entries read their values from "
+          f"the item's own file) for {source_bytes / 1e6:.1f} MB of decoded source data")
     for k, v in ratios.items():
         target = f" (target {targets[k][0]} {targets[k][1]}: {'met' if met[k] else 'NOT met'})" if k in targets else ""
         print(f"{k} {'n/a' if v is None else f'{v:.2f}'}{target}")

@@ -3,7 +3,9 @@ stored integers memory-mapped, patches cut at read equal to the uncached chain's
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import threading
 from pathlib import Path
 
@@ -15,13 +17,13 @@ import torch
 from conftest import TINY
 from medgen.config import load_config
 from medgen.data import cache as disk_cache
-from medgen.data.cache import PAGE, ChunkedValues, DiskImageCache
+from medgen.data.cache import PAGE, ChunkedValues, DiskImageCache, FileRows
 from medgen.data.check import scan_files
 from medgen.data.datasets import build_dataset, make_train_loader
 from medgen.data.demo import write_demo_dataset
 from medgen.io.discovery import item_signature
 from medgen.data.transforms import DecodedImage
-from medgen.io.reader import Pixels, find_images
+from medgen.io.reader import ImageReadError, Pixels, find_images
 
 SETS_3D = [*TINY, "spatial_dims=3", "autoencoder_def.spatial_dims=3", "autoencoder_train.patch_size=[16,16,16]",
            "cache=disk", "data_source=edente"]
@@ -86,6 +88,7 @@ def _pair(tmp_path, data, dims: int, patch, extra=()):
 
 @pytest.mark.parametrize("dims, patch, extra", [
     (2, (32, 48), []),  # 40x40 images: cropped along one axis, padded along the other
+    (2, (32, 48), ["cache_in_place=false"]),  # the same, from a copy in the cache instead of the file itself
     (2, (32, 48), ["augment=true"]),
     (2, (24, 24), ["patch_mode=resize", "augment=true"]),
     (3, (8, 20, 12), []),  # 16^3 volumes, padded along one axis
@@ -106,7 +109,8 @@ def test_cached_patches_equal_the_uncached_ones(demo2d, demo3d, tmp_path, dims, 
 
 def test_the_cache_holds_stored_integers_memory_mapped_and_no_more_than_the_source(demo2d, demo3d, tmp_path):
     for data, dims, patch, dtype in [(demo2d, 2, (32, 32), np.uint16), (demo3d, 3, (8, 8, 8), np.int16)]:
-        items, _, cfg = _pair(tmp_path / str(dims), data, dims, patch)
+        # 2D: copied only when asked; uncompressed files are otherwise read in place (next test)
+        items, _, cfg = _pair(tmp_path / str(dims), data, dims, patch, ["cache_in_place=false"] if dims == 2 else [])
         dataset = build_dataset(cfg, items, patch, train=True)
         dataset[0, 0]
         dataset.base.cache.flush()
@@ -120,6 +124,64 @@ def test_the_cache_holds_stored_integers_memory_mapped_and_no_more_than_the_sour
         assert isinstance(values, ChunkedValues) and not values.storage.flags.writeable
         assert not values.storage.flags.owndata
         assert image.window is not None and image.window[0] < image.window[1]
+
+
+def test_an_uncompressed_radiograph_is_read_from_its_own_file_and_not_copied(demo2d, tmp_path):
+    items, _, cfg = _pair(tmp_path, demo2d, 2, (32, 32))
+    dataset = build_dataset(cfg, items, (32, 32), train=True)
+    first = dataset[0, 0]["image"]
+    (entry,) = (tmp_path / "run" / "cache").rglob("*.npy")
+    assert entry.stat().st_size < PAGE + 512 and np.load(entry).size == 0  # the header and the trailer only
+    image = build_dataset(cfg, items, (32, 32), train=True).base.cache.get(items[0]["image"])
+    values = image.pixels.values
+    assert isinstance(values, FileRows) and values.path == Path(items[0]["image"])
+    stored = pydicom.dcmread(items[0]["image"]).pixel_array
+    assert values.shape == stored.shape and values.dtype == stored.dtype
+    assert np.array_equal(values[:, :], stored) and np.array_equal(values[5:9, 30:50], stored[5:9, 30:50])
+    assert torch.equal(build_dataset(cfg, items, (32, 32), train=True)[0, 0]["image"], first)
+
+
+def test_an_in_place_radiograph_edited_or_cut_short_is_decoded_again_or_skipped(demo2d, tmp_path):
+    data = shutil.copytree(demo2d, tmp_path / "data")  # edited here: the demo set is shared by the session
+    items, _, cfg = _pair(tmp_path, data, 2, (40, 40))  # the whole 40x40 image
+    path = items[0]["image"]
+    dataset = build_dataset(cfg, items, (40, 40), train=True)
+    before = dataset[0, 0]["image"]
+    ds = pydicom.dcmread(path)  # same size, new pixels: a bright square
+    pixels = ds.pixel_array.copy()
+    pixels[:20, :20] = pixels.max()
+    ds.PixelData = pixels.tobytes()
+    ds.save_as(path)
+    after = dataset[0, 0]["image"]
+    assert not torch.equal(after, before) and torch.all(after[0, :20, :20] == 1.0)
+    assert len(list((tmp_path / "run" / "cache").rglob("*.npy"))) == 2  # a new entry for the new change stamp
+    # cut short after its entry was read: the patch's read says so, and the loader skips the item
+    image = dataset.base.cache.get(path)
+    Path(path).write_bytes(Path(path).read_bytes()[:1200])
+    with pytest.raises(ImageReadError, match="shorter") as err:
+        image.pixels.values[:, :]
+    assert err.value.reason == "truncated"
+    assert dataset[0, 0]["image"].shape == (1, 40, 40)  # the next item instead
+    assert "truncated" in (tmp_path / "run" / "unreadable_rank0.jsonl").read_text()
+
+
+@pytest.mark.parametrize("shape", [(40, 40), (1, 100), (100, 1), (37, 53)])
+@pytest.mark.parametrize("dtype", [np.uint16, np.int16, np.uint8, np.int32])
+def test_crops_of_file_rows_equal_crops_of_the_array(tmp_path, shape, dtype):
+    rng = np.random.default_rng(0)
+    values = rng.integers(-100, 250, shape).astype(dtype)
+    path = tmp_path / "image.raw"
+    path.write_bytes(b"header--" * 5 + values.tobytes() + b"tail")
+    rows = FileRows(path, 40, values.dtype, shape)
+    crops = [(slice(None), slice(None)), (slice(-1, None), slice(0, 1)), (slice(3, 3), slice(0, 5))]
+    for _ in range(40):  # random regions, clipped at the edges as numpy clips them
+        crops.append(tuple(slice(int(a), int(a + rng.integers(0, n + 3))) for n, a in
+                           zip(shape, (rng.integers(-1, n + 1) for n in shape))))
+    for crop in crops:
+        got = rows[crop]
+        assert got.dtype == values.dtype and np.array_equal(got, values[crop]), crop
+    with pytest.raises(TypeError, match="2 slices"):
+        rows[0, :]
 
 
 def dicom_files(item: str) -> list:
@@ -145,14 +207,19 @@ def test_a_damaged_cache_entry_is_decoded_again(demo2d, tmp_path, damage, caplog
     assert entry.read_bytes() == whole  # rewritten whole
 
 
-def test_a_cache_that_cannot_be_written_warns_once_and_training_goes_on(demo2d, tmp_path, monkeypatch, caplog):
-    items, _, cfg = _pair(tmp_path, demo2d, 2, (32, 32))
+@pytest.mark.parametrize("in_place", ["true", "false"])
+def test_a_cache_that_cannot_be_written_warns_once_and_training_goes_on(demo2d, tmp_path, monkeypatch, caplog, in_place):
+    items, _, cfg = _pair(tmp_path, demo2d, 2, (32, 32), [f"cache_in_place={in_place}"])
     dataset = build_dataset(cfg, items, (32, 32), train=True)
+    real = disk_cache.atomic_path
 
-    def disk_full(*args, **kwargs):
-        raise OSError(28, "No space left on device")
+    @contextlib.contextmanager
+    def disk_full(path):  # the temporary file is created, its first write fails
+        with real(path) as tmp:
+            yield tmp
+            raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(disk_cache, "write_chunked", disk_full)
+    monkeypatch.setattr(disk_cache, "atomic_path", disk_full)
     with caplog.at_level("WARNING", logger="medgen.data"):
         patches = [dataset[0, i]["image"] for i in range(3)]
         dataset.base.cache.flush()

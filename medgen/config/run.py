@@ -36,6 +36,7 @@ class RunConfig:
     intensity_percentiles: tuple[float, ...] = (0.5, 99.5)  # per-image window mapped to [0, 1] (clipped)
     cache: Literal["disk", "memory", "none"] = "disk"  # decoded images cached on disk (shared by ranks) or in RAM
     cache_dir: str | None = None  # disk cache location (default run_dir/cache)
+    cache_in_place: bool = True  # uncompressed 2D DICOM: read patches from the file itself (false: copy into cache_dir)
     skip_bad_files: bool = False  # train on the usable files and list the others in run_dir, instead of stopping
     scan_workers: int = 2  # processes reading files in the pre-training data check (0: serial)
     # --- run ---

@@ -1,4 +1,4 @@
-"""The decoded-image disk cache: one memory-mapped ``.npy`` file per item, shared by every rank.
+"""The decoded-image disk cache: one ``.npy`` file per item, shared by every rank.
 
 An entry holds :func:`medgen.data.transforms.decode`'s :class:`~medgen.data.transforms.DecodedImage`: the
 decoded values at their own width (uint16 for a 16-bit radiograph, int16 for CT) stored in chunks of
@@ -9,16 +9,24 @@ reads about 1.4-1.6x its own bytes (a row layout read 2x for a 128^3 patch of a 
 256^2 patch of a 2048^2 radiograph: every row of a patch is its own page); only the patch is converted to
 float and windowed.
 
+A 2D image whose decoded values are its file's own bytes (uncompressed DICOM in native byte order, the usual
+radiograph) is not copied: its entry holds the trailer only, with the values' offset in the item's file, and a
+patch reads its rows from that file (:class:`FileRows`: one read of a contiguous band, no read-ahead). Copying it
+cost more than decoding it (the first epoch wrote 8 MB per 2048^2 image), and its file already holds exactly
+what the cache would. ``in_place=False`` (config ``cache_in_place: false``) copies these too, e.g. to keep
+training's reads on a fast local ``cache_dir`` when the data sit on a slow shared file system.
+
 - Named by the item's path and change stamp (:func:`medgen.io.discovery.item_signature`, taken at every read):
   an edited file or series slice is decoded again at its next read and the old entry is never served.
-- Written atomically (:func:`medgen.io.files.atomic_path`) by whichever process needs it first, on a thread
-  beside the reader (:class:`_WriteBehind`): the first epoch's patch is cut from the decoded image at once, and
-  the entry is served from memory until its file is complete. Other ranks and loader workers read the file.
-  Two writers of one entry write the same bytes.
+- Written atomically (:func:`medgen.io.files.atomic_path`) by whichever process needs it first; a copy on a
+  thread beside the reader (:class:`_WriteBehind`): the first epoch's patch is cut from the decoded image at
+  once, and the entry is served from memory until its file is complete. Other ranks and loader workers read the
+  file. Two writers of one entry write the same bytes.
 - A damaged entry (cut short, overwritten, another format or :data:`FORMAT`) is decoded again and rewritten; if
   the cache folder cannot be written (disk full), training goes on with the decoded image and a warning.
 
-``np.load(path, mmap_mode="r")`` opens an entry as a flat array of the stored values in chunk order.
+``np.load(path, mmap_mode="r")`` opens an entry as a flat array of the stored values in chunk order (empty for
+an entry that points into the item's file).
 """
 
 from __future__ import annotations
@@ -41,11 +49,12 @@ import numpy as np
 from medgen.data.transforms import DecodedImage
 from medgen.io.discovery import item_signature
 from medgen.io.files import atomic_path
-from medgen.io.reader import Pixels
+from medgen.io.reader import ImageReadError, Pixels
 
 log = logging.getLogger("medgen.data")
 
-FORMAT = 4  # what an entry holds (4: chunked values); part of the folder name and the trailer, so no other is read
+FORMAT = 5  # what an entry holds (5: chunked values, or the place of the values in the item's file); part of the
+# folder name and the trailer, so no other is read
 PAGE = 4096  # the values start at this offset: whole chunks are whole pages
 CHUNK_VALUES = 4096  # values per chunk: 64x64 or 16^3, a whole number of pages for any value width
 WRITE_PIECE = 1 << 20  # bytes per write call: one 8 MB write() cost 7x the CPU of eight 1 MB ones on ext4 (kernel 6.18)
@@ -93,6 +102,52 @@ def _split_axes(a: np.ndarray, chunk: Sequence[int]) -> np.ndarray:
 def _chunk_order(ndim: int) -> list[int]:
     """Axes of a split view ``(g0, k0, g1, k1, ...)`` in stored order ``(g0, g1, ..., k0, k1, ...)``."""
     return [*range(0, 2 * ndim, 2), *range(1, 2 * ndim, 2)]
+
+
+class FileRows:
+    """A 2D image whose values lie row after row in a file (an uncompressed DICOM image, read where it is);
+    ``values[rows, cols]`` reads the band of the rows the region touches with one read and returns the region.
+
+    Args:
+        path: the file.
+        offset: of the first value in the file.
+        dtype: the values' type (native byte order).
+        shape: ``(rows, cols)``.
+
+    The file is opened for each read (no memory map: a file truncated while training runs gives an
+    :class:`~medgen.io.reader.ImageReadError`, not a SIGBUS) and read without read-ahead, so with a cold page
+    cache a patch costs the pages of its rows and no more.
+    """
+
+    def __init__(self, path: str | os.PathLike, offset: int, dtype: np.dtype, shape: Sequence[int]):
+        self.path, self.offset, self.dtype = Path(path), int(offset), np.dtype(dtype)
+        self.shape = tuple(int(n) for n in shape)
+        self.ndim, self.size = len(self.shape), math.prod(self.shape)
+        if self.ndim != 2:
+            raise ValueError(f"FileRows reads 2D images, not shape {self.shape}")
+
+    def __getitem__(self, key) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        if len(key) != 2 or not all(isinstance(s, slice) and s.step in (None, 1) for s in key):
+            raise TypeError(f"an image read from its file is indexed with 2 slices of step 1, not {key!r}")
+        (r0, r1), (c0, c1) = [s.indices(n)[:2] for s, n in zip(key, self.shape)]
+        band = np.empty((max(r1 - r0, 0), self.shape[1]), self.dtype)
+        if band.size:
+            self._read_into(band, self.offset + r0 * self.shape[1] * self.dtype.itemsize)
+        return band[:, c0:max(c0, c1)]
+
+    def _read_into(self, band: np.ndarray, start: int) -> None:
+        view, done = memoryview(band).cast("B"), 0
+        with open(self.path, "rb", buffering=0) as f:
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_RANDOM)  # the band's pages only: no read-ahead
+            f.seek(start)
+            while done < len(view):
+                got = f.readinto(view[done:])
+                if not got:
+                    raise ImageReadError(self.path, "truncated", "the file became shorter while training read it "
+                                                                 "(replaced or cut short?)")
+                done += got
 
 
 class ChunkedValues:
@@ -161,11 +216,11 @@ def write_chunked(f, values: np.ndarray, chunks: Sequence[int]) -> None:
             f.write(memoryview(buffer).cast("B"))
 
 
-def _npy_header(dtype: np.dtype, count: int) -> bytes:
-    """A version 1.0 .npy header of a flat array of ``count`` values, padded to :data:`PAGE` bytes."""
+def _npy_header(dtype: np.dtype, count: int, length: int = PAGE) -> bytes:
+    """A version 1.0 .npy header of a flat array of ``count`` values, padded to ``length`` bytes."""
     text = repr({"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (count,)})
     start = b"\x93NUMPY\x01\x00"
-    size = PAGE - len(start) - 2
+    size = length - len(start) - 2
     return start + struct.pack("<H", size) + text.ljust(size - 1).encode("latin1") + b"\n"
 
 
@@ -253,11 +308,13 @@ class DiskImageCache:
         decode: makes an item's :class:`DecodedImage` from its path (raises ImageReadError when it cannot).
         random_access: read entries in small pieces (training patches): tell the kernel not to read ahead.
         write_behind: write new entries on a thread beside the reader (:class:`_WriteBehind`); else at once.
+        in_place: a 2D image whose values are its file's own bytes (``DecodedImage.values_offset``: uncompressed
+            DICOM) is read from that file: its entry holds the window and the offset, not a copy of the values.
     """
 
     def __init__(self, folder: str | os.PathLike, decode: Callable[[str], DecodedImage], random_access: bool = True,
-                 write_behind: bool = True):
-        self.folder, self.decode, self.random_access = Path(folder), decode, random_access
+                 write_behind: bool = True, in_place: bool = True):
+        self.folder, self.decode, self.random_access, self.in_place = Path(folder), decode, random_access, in_place
         self.folder.mkdir(parents=True, exist_ok=True)
         _sweep_temporaries(self.folder)
         self._write_failed = False
@@ -277,14 +334,19 @@ class DiskImageCache:
         entry = self.entry_path(path, stamp)
         image = self._writer.pending(entry) if self._writer is not None else None
         if image is None:
-            image = self._read(entry, stamp)
+            image = self._read(entry, stamp, path)
         if image is None:
             image = self.decode(path)
-            if self._writer is not None:
+            if self._writer is not None and self._in_file(image) is None:  # a copy: written behind
                 self._writer.submit(entry, image, stamp)
-            else:
+            else:  # a few hundred bytes: at once
                 self._write(entry, image, stamp)
         return image
+
+    def _in_file(self, image: DecodedImage) -> int | None:
+        """Where the entry of ``image`` points in the item's file, or None when it holds a copy of the values."""
+        offset = image.values_offset
+        return offset if self.in_place and offset is not None and np.ndim(image.pixels.values) == 2 else None
 
     def put(self, path: str, image: DecodedImage, stamp: str) -> None:
         """Write the entry of ``path`` (whose change stamp was ``stamp`` when it was decoded) atomically, now."""
@@ -298,13 +360,15 @@ class DiskImageCache:
     def _write(self, entry: Path, image: DecodedImage, stamp: str) -> None:
         values = np.asarray(image.pixels.values)
         chunks = chunk_shape(values.shape)
+        in_file = self._in_file(image)
         meta = {"format": FORMAT, "stamp": stamp, "shape": list(values.shape), "chunks": list(chunks),
                 "slope": image.pixels.slope, "intercept": image.pixels.intercept, "window": image.window,
-                "spacing": list(image.spacing)}
+                "spacing": list(image.spacing), "in_file": in_file}
         try:
             with atomic_path(entry) as tmp, open(tmp, "wb") as f:
-                f.write(_npy_header(values.dtype, values.size))
-                write_chunked(f, values, chunks)
+                f.write(_npy_header(values.dtype, values.size) if in_file is None else _npy_header(values.dtype, 0, 128))
+                if in_file is None:
+                    write_chunked(f, values, chunks)
                 f.write(json.dumps(meta).encode())
         except OSError as e:
             if not self._write_failed:  # once per process: the run goes on, decoding uncached items each epoch
@@ -312,14 +376,18 @@ class DiskImageCache:
                             "disk space, set cache_dir to another folder, or cache=memory", self.folder, e.strerror or e)
             self._write_failed = True
 
-    def _read(self, entry: Path, stamp: str) -> DecodedImage | None:
+    def _read(self, entry: Path, stamp: str, path: str) -> DecodedImage | None:
         try:
             with open(entry, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
                 known = self._layouts.get(entry)
                 layout = known[1] if known is not None and known[0] == size else read_layout(f, stamp)
+                self._layouts[entry] = (size, layout)
+                if layout.in_file is not None:
+                    values = FileRows(path, layout.in_file, layout.dtype, layout.shape)
+                    return DecodedImage(Pixels(values, layout.slope, layout.intercept), layout.window, layout.spacing,
+                                        layout.in_file)
                 mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-            self._layouts[entry] = (size, layout)
             if self.random_access and hasattr(mapped, "madvise"):
                 mapped.madvise(mmap.MADV_RANDOM)  # a patch touches some chunks: read-ahead would read the rest
             return open_entry(mapped, layout)
@@ -341,6 +409,7 @@ class Layout(NamedTuple):
     intercept: float
     window: tuple[float, float] | None
     spacing: tuple[float, ...]
+    in_file: int | None  # the values lie in the item's own file at this offset (the entry holds none)
 
 
 def read_layout(f, stamp: str | None = None) -> Layout:
@@ -353,12 +422,13 @@ def read_layout(f, stamp: str | None = None) -> Layout:
     f.seek(offset + math.prod(count) * dtype.itemsize)
     meta = json.loads(f.read())
     shape = tuple(int(n) for n in meta["shape"])
+    in_file = None if meta.get("in_file") is None else int(meta["in_file"])
     if fortran_order or meta["format"] != FORMAT or (stamp is not None and meta["stamp"] != stamp) \
-            or count != (math.prod(shape),):
+            or count != ((math.prod(shape),) if in_file is None else (0,)) or (in_file is not None and len(shape) != 2):
         raise ValueError("another entry")
     window = None if meta["window"] is None else (float(meta["window"][0]), float(meta["window"][1]))
     return Layout(offset, dtype, shape, tuple(int(c) for c in meta["chunks"]), float(meta["slope"]),
-                  float(meta["intercept"]), window, tuple(float(s) for s in meta["spacing"]))
+                  float(meta["intercept"]), window, tuple(float(s) for s in meta["spacing"]), in_file)
 
 
 def open_entry(buffer, layout: Layout) -> DecodedImage:

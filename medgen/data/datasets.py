@@ -74,7 +74,7 @@ def _cache_dir(cfg: RunConfig, patch_size: Sequence[int]) -> Path:
     # The cached content depends on these settings (in crop mode not on the patch size: patches are cut at read);
     # a change gets a fresh folder instead of stale entries.
     resized = list(patch_size) if cfg.patch_mode == "resize" else None
-    key = json.dumps([disk_cache.FORMAT, list(cfg.intensity_percentiles), cfg.patch_mode, resized])
+    key = json.dumps([disk_cache.FORMAT, list(cfg.intensity_percentiles), cfg.patch_mode, resized, cfg.cache_in_place])
     return Path(cfg.cache_dir or Path(cfg.run_dir) / "cache") / hashlib.sha1(key.encode()).hexdigest()[:12]
 
 
@@ -104,7 +104,7 @@ def build_dataset(cfg: RunConfig, items: Sequence[dict], patch_size: Sequence[in
     if cfg.cache == "disk":
         patch = tuple(patch_size)
         cache = disk_cache.DiskImageCache(_cache_dir(cfg, patch), functools.partial(decode, cfg=cfg, patch_size=patch),
-                                          random_access=cfg.patch_mode == "crop")
+                                          random_access=cfg.patch_mode == "crop", in_place=cfg.cache_in_place)
         cached = cached_train_transforms(cfg, patch) if train else cached_val_transforms(cfg, patch)
         ds = DiskCachedDataset(data, cache, cached)
     elif cfg.cache == "memory":

@@ -168,21 +168,27 @@ class DecodedImage:
     Attributes:
         pixels: the decoded values at their own width, shape ``(*spatial)``, and their linear map to
             presentation values. Read from the cache, the values are a
-            :class:`medgen.data.cache.ChunkedValues` over the memory-mapped entry: cut them with slices
-            (``values[a:b, c:d]``), which reads only the chunks the region touches.
+            :class:`medgen.data.cache.ChunkedValues` over the memory-mapped entry, or a
+            :class:`medgen.data.cache.FileRows` over the item's own file: cut them with slices
+            (``values[a:b, c:d]``), which reads only the chunks or rows the region touches.
         window: ``(a_min, a_max)``, the intensity window of the presentation values; None when ``pixels`` are
             already the final [0, 1] values (``patch_mode="resize"``: the windowed image resized to the patch).
         spacing: the spacing of the spatial axes.
+        values_offset: where ``pixels.values`` lie in the item's file, row after row, when they are the file's
+            own bytes (an uncompressed single-frame DICOM image: see
+            :attr:`medgen.io.reader.ImageInfo.values_offset`); the cache then keeps this offset instead of a
+            copy. None otherwise.
     """
 
     pixels: Pixels
     window: tuple[float, float] | None
     spacing: tuple[float, ...]
+    values_offset: int | None = None
 
 
 def decode(path: str, cfg: RunConfig, patch_size: Sequence[int]) -> DecodedImage:
     """The cached form of one item: read, integer-valued floats narrowed to integers, window from the counts
-    of the values. In resize mode the whole deterministic chain runs and its result is kept (float32).
+    of the values, and where the values lie in the file when they are its own bytes. In resize mode the whole deterministic chain runs and its result is kept (float32).
 
     Raises:
         ImageReadError: the item cannot be read.
@@ -190,10 +196,11 @@ def decode(path: str, cfg: RunConfig, patch_size: Sequence[int]) -> DecodedImage
     if cfg.patch_mode == "resize":
         d = Compose(deterministic_transforms(cfg, patch_size))({"image": path})
         return DecodedImage(Pixels(d["image"].numpy()[0]), None, tuple(d["image_spacing"].tolist()))
-    pixels, spacing, _ = read_pixels(path)
+    pixels, spacing, info = read_pixels(path)
     ints = integer_values(pixels.values)
+    offset = info.values_offset if ints is pixels.values else None
     pixels = Pixels(ints, pixels.slope, pixels.intercept) if ints is not None else Pixels(pixels.presentation())
-    return DecodedImage(pixels, percentile_window(pixels, *cfg.intensity_percentiles), spacing)
+    return DecodedImage(pixels, percentile_window(pixels, *cfg.intensity_percentiles), spacing, offset)
 
 
 def decoded_patch(image: DecodedImage, patch_size: Sequence[int] | None = None,
@@ -201,7 +208,7 @@ def decoded_patch(image: DecodedImage, patch_size: Sequence[int] | None = None,
     """``(1, *patch)`` float32: the region ``slices`` of the image windowed to [0, 1] and padded up to
     ``patch_size`` (as :func:`deterministic_transforms` window and pad), reading only that region of
     ``image.pixels``. Without ``slices``: the whole image, windowed."""
-    values = image.pixels.values  # an ndarray, or a cache entry's ChunkedValues: both are cut with slices
+    values = image.pixels.values  # an ndarray, or a cache entry's ChunkedValues or FileRows: all cut with slices
     src, dst = [slice(None)] * values.ndim, None
     if slices is not None:
         before = [max(p - n, 0) // 2 for n, p in zip(values.shape, patch_size)]  # SpatialPad's symmetric padding

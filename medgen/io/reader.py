@@ -125,7 +125,10 @@ class ImageInfo:
 
     ``shape`` and ``spacing`` describe the array :func:`read_image` returns, without the channel axis.
     ``bits_stored`` is DICOM BitsStored, the PNG/TIFF bit depth, or None (NIfTI: see ``dtype``).
-    ``dtype`` is the stored sample type before conversion to float32. ``photometric_interpretation`` is the
+    ``dtype`` is the stored sample type before conversion to float32. ``values_offset`` is where
+    :func:`read_pixels`' values lie in the file, row after row, when they are the file's own bytes (an
+    uncompressed single-frame DICOM image in native byte order, so any rows of them can be read from the file
+    itself); None otherwise. It is left out of :meth:`as_dict`. ``photometric_interpretation`` is the
     DICOM value, or the Pillow mode (``L``, ``I;16``, ``RGB``, ...) for PNG/JPEG/TIFF.
     """
 
@@ -138,10 +141,12 @@ class ImageInfo:
     photometric_interpretation: str | None = None
     transfer_syntax: str | None = None
     files: int = 1  # files read (slices of a series folder)
+    values_offset: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["shape"], d["spacing"] = list(self.shape), list(self.spacing)
+        del d["values_offset"]
         return d
 
 
@@ -699,7 +704,21 @@ def _read_dicom_file(path: Path) -> tuple[Pixels, tuple[float, ...], ImageInfo]:
     else:
         values, slice_sp = _order_frames(path, ds, out.values, frames)
         out, spacing = replace(out, values=values), (slice_sp, row_sp, col_sp)
-    return out, spacing, _dicom_info(ds, "dicom", out.values.shape, spacing, photometric)
+    info = _dicom_info(ds, "dicom", out.values.shape, spacing, photometric)
+    if frames == 1 and out.values is arr:
+        info = replace(info, values_offset=_offset_in_file(ds, arr))
+    return out, spacing, info
+
+
+def _offset_in_file(ds, arr: np.ndarray) -> int | None:
+    """Where ``arr`` lies in the file ``ds`` was read from, when it is a C-ordered native-endian view of the
+    pixel data's bytes (uncompressed data taken as a view); None otherwise."""
+    elem = ds["PixelData"] if "PixelData" in ds else None
+    value, tell = getattr(elem, "value", None), getattr(elem, "file_tell", None)
+    if not isinstance(value, (bytes, bytearray)) or tell is None or not arr.flags.c_contiguous or not arr.dtype.isnative:
+        return None
+    start = arr.__array_interface__["data"][0] - np.frombuffer(value, np.uint8).__array_interface__["data"][0]
+    return tell + start if 0 <= start and start + arr.nbytes <= len(value) else None
 
 
 def _order_frames(path: Path, ds, volume: np.ndarray, frames: int) -> tuple[np.ndarray, float]:
