@@ -494,3 +494,23 @@ def test_bits_above_bits_stored_are_cleared_as_pydicom_clears_them(tmp_path, sig
     np.testing.assert_array_equal(ds.pixel_array, stored)  # what pydicom makes of the file
     values = read_pixels(tmp_path / "x.dcm")[0].values
     assert values.dtype == dtype and np.array_equal(values, stored)
+
+
+@pytest.mark.parametrize("name, in_file", [
+    ("CT_small.dcm", True), ("MR_small.dcm", True), ("examples_overlay.dcm", True),
+    ("dicomdirtests/77654033/CR1/6154", True),  # MONOCHROME1: the stored values are in the file, the map beside
+    ("MR_small_bigendian.dcm", False),  # swapped to native order: not the file's bytes
+    ("image_dfl.dcm", False),  # deflated: pydicom's offsets are the inflated stream's
+    ("MR_small_RLE.dcm", False), ("rtdose.dcm", False),  # compressed; several frames
+])
+def test_values_offset_says_where_uncompressed_values_lie_in_the_file(name, in_file):
+    from medgen.io.reader import read_pixels
+
+    path = TEST_FILES / name
+    pixels, _, info = read_pixels(path)
+    assert (info.values_offset is not None) == in_file
+    assert "values_offset" not in info.as_dict()  # not a fact for reports
+    if in_file:
+        stored = pydicom.dcmread(path).pixel_array
+        raw = path.read_bytes()[info.values_offset:info.values_offset + stored.nbytes]
+        assert raw == stored.tobytes() and np.array_equal(pixels.values, stored)

@@ -706,19 +706,33 @@ def _read_dicom_file(path: Path) -> tuple[Pixels, tuple[float, ...], ImageInfo]:
         out, spacing = replace(out, values=values), (slice_sp, row_sp, col_sp)
     info = _dicom_info(ds, "dicom", out.values.shape, spacing, photometric)
     if frames == 1 and out.values is arr:
-        info = replace(info, values_offset=_offset_in_file(ds, arr))
+        info = replace(info, values_offset=_offset_in_file(path, ds, arr))
     return out, spacing, info
 
 
-def _offset_in_file(ds, arr: np.ndarray) -> int | None:
-    """Where ``arr`` lies in the file ``ds`` was read from, when it is a C-ordered native-endian view of the
-    pixel data's bytes (uncompressed data taken as a view); None otherwise."""
+def _offset_in_file(path: Path, ds, arr: np.ndarray) -> int | None:
+    """Where ``arr`` lies in ``path``, when it is a C-ordered native-endian view of the pixel data's bytes as they
+    are in the file (uncompressed data taken as a view; not a deflated file, whose offsets are the inflated
+    stream's); None otherwise. The values' first and last bytes are compared with the file's."""
     elem = ds["PixelData"] if "PixelData" in ds else None
     value, tell = getattr(elem, "value", None), getattr(elem, "file_tell", None)
-    if not isinstance(value, (bytes, bytearray)) or tell is None or not arr.flags.c_contiguous or not arr.dtype.isnative:
+    if (not isinstance(value, (bytes, bytearray)) or tell is None or not arr.flags.c_contiguous
+            or not arr.dtype.isnative or arr.size == 0 or getattr(ds.file_meta.get("TransferSyntaxUID"), "is_deflated", True)):
         return None
     start = arr.__array_interface__["data"][0] - np.frombuffer(value, np.uint8).__array_interface__["data"][0]
-    return tell + start if 0 <= start and start + arr.nbytes <= len(value) else None
+    if start < 0 or start + arr.nbytes > len(value):
+        return None
+    raw = memoryview(arr).cast("B")
+    edge = min(64, arr.nbytes)
+    try:
+        with open(path, "rb") as f:
+            f.seek(tell + start)
+            head = f.read(edge)
+            f.seek(tell + start + arr.nbytes - edge)
+            tail = f.read(edge)
+    except OSError:
+        return None
+    return tell + start if head == raw[:edge] and tail == raw[-edge:] else None
 
 
 def _order_frames(path: Path, ds, volume: np.ndarray, frames: int) -> tuple[np.ndarray, float]:
