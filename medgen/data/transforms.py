@@ -188,7 +188,8 @@ class DecodedImage:
 
 def decode(path: str, cfg: RunConfig, patch_size: Sequence[int]) -> DecodedImage:
     """The cached form of one item: read, integer-valued floats narrowed to integers, window from the counts
-    of the values, and where the values lie in the file when they are its own bytes. In resize mode the whole deterministic chain runs and its result is kept (float32).
+    of the values, and where the values lie in the file when they are its own bytes. In resize mode the whole
+    deterministic chain runs and its result is kept (float32).
 
     Raises:
         ImageReadError: the item cannot be read.

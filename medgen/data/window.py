@@ -6,8 +6,8 @@ that hold whole numbers) it counts the values (``torch.bincount``: one pass, no 
 data, and for 16-bit values below 2^15 no pass for their range either) and reads the order statistics off the
 cumulative counts, instead of partitioning a float copy of the image: about 3 instead of 115-140 ms for a
 2048x2048 uint16 radiograph on one core of the development machine, where the window is still the largest cost
-of decoding an image for the cache. No well-kept library computes exact
-percentiles from counts with numpy's interpolation, hence this module.
+of decoding an image for the cache. No well-kept library computes exact percentiles from counts with numpy's
+interpolation, hence this module.
 """
 
 from __future__ import annotations
