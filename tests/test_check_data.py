@@ -173,7 +173,7 @@ def test_cache_skips_unchanged_files(tmp_path, monkeypatch):
     def broken(path):
         raise RuntimeError("reader called")
 
-    monkeypatch.setattr(check, "read_image_and_info", broken)
+    monkeypatch.setattr(check, "read_pixels", broken)
     again = scan_files(items, base, 2, None, workers=0, cache_path=cache)
     assert [r.as_dict() for r in again] == [r.as_dict() for r in first]
 

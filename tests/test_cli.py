@@ -89,7 +89,7 @@ def test_a_missing_file_is_one_line_naming_it(command, tmp_path, capsys):
 # Where each command is interrupted: a function on its real path raises KeyboardInterrupt, as Ctrl-C would there.
 INTERRUPT_AT = {
     "demo-data": "medgen.data.demo.make_jaw_image",
-    "check-data": "medgen.data.check.read_image_and_info",
+    "check-data": "medgen.data.check.read_pixels",
     "train-vae": "medgen.training.base.Trainer.train_epoch",
     "train-wgan": "medgen.training.base.Trainer.train_epoch",
     "train-ldm": "medgen.training.base.Trainer.train_epoch",
