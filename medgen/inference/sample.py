@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from medgen.errors import InvalidValueError, OutputExistsError
+from medgen.inference.autoencoder import default_device
 
 __all__ = ["load_generator", "generate", "sample_to_files", "is_ldm_checkpoint", "load_ldm", "generate_ldm",
            "sample_ldm_to_files", "sample_ldm_classes"]
@@ -115,8 +116,7 @@ def sample_to_files(
         FileExistsError: a file of that name already exists (nothing is overwritten).
     """
     paths = _sample_paths(output, count, fmt)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    generator = load_generator(checkpoint, device, force=force)
+    generator = load_generator(checkpoint, device or default_device(), force=force)
     return _write_samples(generate(generator, count, seed, batch_size), paths, progress)
 
 
@@ -235,7 +235,7 @@ def sample_ldm_to_files(
     """
     paths = _sample_paths(output, count, fmt)
     if ldm is None:
-        ldm = load_ldm(checkpoint, device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        ldm = load_ldm(checkpoint, device or default_device())
     if fmt == "png" and ldm[2].spatial_dims == 3:
         raise InvalidValueError("--format png holds 2D images only; use --format nii or dcm for volumes")
     batches = generate_ldm(ldm, count, seed, class_name, size, steps, scheduler, guidance, batch_size, checkpoint)
@@ -263,8 +263,7 @@ def sample_ldm_classes(
     if not is_ldm_checkpoint(checkpoint):
         raise InvalidValueError(f"{checkpoint} is not a latent diffusion checkpoint (no unet and latent_stats); give a "
                                 "run_dir/checkpoints/last.pt written by `medgen train-ldm` or the dental_ldm_2d bundle")
-    device = kwargs.pop("device", None) or ("cuda" if torch.cuda.is_available() else "cpu")
-    ldm = load_ldm(checkpoint, device)  # once, for every class
+    ldm = load_ldm(checkpoint, kwargs.pop("device", None) or default_device())  # once, for every class
     cfg = ldm[2]
     if not cfg.conditional:
         if classes:
