@@ -190,6 +190,28 @@ def run_and_record_threads(command: str) -> int:
     return code
 
 
+def run_trainer_script(trainer_cls) -> int:
+    """``SCRIPT CONFIG [--set K=V ...]`` for a trainer class that has no ``medgen`` sub-command: trains it as
+    ``medgen train-<name>`` would (MEDGEN_TEST_SIGNAL honoured), errors reported in one line; the exit code."""
+    import argparse
+    import logging
+
+    from medgen.cli import report
+    from medgen.cli.train import add_set_argument
+    from medgen.training.base import launch
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("config")
+    add_set_argument(parser, "seed=1")
+    args = parser.parse_args()
+    install_signal_hook(trainer_cls)
+    logging.basicConfig(level=logging.INFO)
+    try:
+        launch(args.config, args.overrides, trainer_cls)
+    except (KeyboardInterrupt, Exception) as exc:  # noqa: BLE001 - one line, as the medgen CLI reports it
+        return report(exc)
+    return 0
+
 
 def install_signal_hook(trainer_cls) -> None:
     """With MEDGEN_TEST_SIGNAL=NAME@EPOCH:STEP:RANK, the process of RANK sends itself signal NAME (e.g. SIGTERM)

@@ -93,7 +93,9 @@ def test_stop_after_epoch_one_and_resume_is_bitwise_equal(demo2d, ddp_two_epochs
 def test_sigterm_on_one_rank_mid_epoch_stops_both_and_resumes_bitwise_equal(demo2d, ddp_two_epochs, tmp_path):
     resumed, proc = preempt_then_resume(_ddp_run, demo2d, tmp_path / "preempted")
     log = proc.stdout + proc.stderr  # a log file, as `make demo > log` or a cluster writes it
-    assert "\r" not in log and "epoch 2/2 step 2/2:" in log, log[-2000:]
+    assert "\r" not in log and "epoch 2/2: recon=" in log, log[-2000:]
+    assert "step 2/2:" not in log  # the epoch's line, not a copy of it as the last step's line
+    assert "at epoch 2 step 1" in log  # the resume names the position the interrupt named
     full = load_checkpoint(ddp_two_epochs / "checkpoints" / "last.pt")
     assert _same_weights(full["autoencoder"], resumed["autoencoder"])
     assert _same_weights(full["discriminator"], resumed["discriminator"])

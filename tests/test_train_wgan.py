@@ -85,11 +85,12 @@ def test_config_errors_are_one_line_and_name_the_key(override, message):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
-def test_cli_reports_config_and_backbone_errors_in_one_line(tmp_path, capsys):
+def test_cli_reports_config_and_backbone_errors_in_one_line(demo2d, tmp_path, capsys):
     assert main([str(CONFIG), "--set", "wgan_train.n_critic=0"]) == 2
     assert capsys.readouterr().err.strip() == "medgen: config error: wgan_train.n_critic=0 must be at least 1"
     # decoder backbone keys are checked by the decoder when the trainer builds it
-    sets = ['generator.type="conv_decoder"', 'generator.backbone={"hiden_dims":[8]}', f"run_dir={tmp_path}"]
+    sets = ['generator.type="conv_decoder"', 'generator.backbone={"hiden_dims":[8]}', f"run_dir={tmp_path}",
+            f"data_base_dir={demo2d}"]
     assert main([str(CONFIG), *[f"--set={s}" for s in sets]]) == 2
     err = capsys.readouterr().err.strip()
     assert "unknown key(s) ['hiden_dims']" in err and "\n" not in err
@@ -145,7 +146,7 @@ def test_gan_method_trains_an_epoch_for_each_loss_kind(demo2d, tmp_path, loss, f
     if "wgan_train.T_0=2" in extra:  # one epoch into a 2-epoch cosine cycle: half the base LR
         assert trainer.opt_d.param_groups[0]["lr"] == pytest.approx(1e-4)
     if "wgan_train.ema_decay=0.9" in extra:  # samples come from the EMA copy, which lags the trained generator
-        ema = trainer.sampling_generator
+        ema = trainer.sampling_network
         assert ema is not trainer.generator and not _same(ema.state_dict(), trainer.generator.state_dict())
 
 

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from medgen.cli.train import add_set_argument
 from medgen.config import ConfigError
 
 
@@ -40,6 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--patch-size", type=int, nargs="+", metavar="N", help="minimum size per axis (default: from config)")
     p.add_argument("--workers", type=int, default=2, help="reading processes (0: serial; default 2)")
     p.add_argument("--cache", metavar="FILE", help="JSON cache of results by path, size and mtime (skip unchanged files)")
+    add_set_argument(p, "data_source=both")
     p.set_defaults(func=check_data)
 
 
@@ -54,48 +56,33 @@ def demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _checked_size(cfg) -> list[int] | None:
-    """The size a config's images must reach: its patch in ``crop`` mode; None in ``resize`` mode."""
-    if cfg is None or cfg.patch_mode == "resize":
-        return None
-    section = getattr(cfg, "autoencoder_train", None)
-    return list(section.patch_size) if section is not None else list(cfg.patch_size)
-
-
-def _network_notes(cfg) -> list[str]:
+def _network_notes(method, cfg) -> list[str]:
     """Whether the pretrained networks a config trains with are in the weights directory (training stops
     before its first step without them); a note beside the data report, which alone sets the exit code."""
-    notes = []
-    train = getattr(cfg, "autoencoder_train", None)
-    if train is not None and train.perceptual_weight > 0:
-        from medgen.losses.vae import missing_perceptual_weights
-
-        problem = missing_perceptual_weights(train)
-        notes.append(f"perceptual network {train.perceptual_network}: " + (
-            f"missing, training would stop: {problem}; see `medgen weights list`" if problem else "on this machine"))
-    features = getattr(getattr(cfg, "wgan_train", None), "fid_feature_weights", None)
-    if features:
-        from medgen.metrics import feature_network_problem
-
-        problem = feature_network_problem(features)
-        notes.append(f"FID/KID feature network {features}: " + (
-            f"missing, training would stop: {problem}" if problem else "on this machine"))
-    return notes
+    return [f"{label}: " + (f"missing, training would stop: {problem}" if problem else "on this machine")
+            for label, problem in method.pretrained_networks(cfg)]
 
 
 def check_data(args: argparse.Namespace) -> int:
     from medgen.data.check import format_report, scan_files, write_report_json
     from medgen.io.discovery import data_source
 
-    source = data_source(args.target)
+    source = data_source(args.target, args.overrides)
+    method = None
+    if source.config is not None:
+        from medgen.training.methods import trainer_for
+
+        method = trainer_for(source.config)
+    elif args.overrides:
+        raise ConfigError(f"--set applies to a config; {args.target} is not a config JSON")
     spatial_dims = args.spatial_dims or (source.config.spatial_dims if source.config else None)
-    patch_size = args.patch_size or _checked_size(source.config)
+    patch_size = args.patch_size or (method.checked_size(source.config) if method else None)
     if patch_size is not None and spatial_dims is not None and len(patch_size) != spatial_dims:
         raise ConfigError(f"--patch-size {patch_size} does not have {spatial_dims} values (spatial_dims); give one per axis")
     reports = scan_files(source.items, source.base, spatial_dims, patch_size, workers=args.workers,
                          cache_path=args.cache, progress=sys.stderr.isatty())
     print(format_report(reports))
-    for line in _network_notes(source.config):
+    for line in _network_notes(method, source.config) if method else ():
         print(line)
     if args.json:
         settings = {"spatial_dims": spatial_dims, "patch_size": patch_size}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from medgen.config import CLASSES
 from medgen.errors import InvalidValueError, MissingInputError
 
 
@@ -56,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="images generated at a time (default 16; latent diffusion 4)")
     p.add_argument("--force", action="store_true", help="sample even from a generator that never took a training step")
     ldm = p.add_argument_group("latent diffusion checkpoints")
-    ldm.add_argument("--class", dest="class_name", choices=("dente", "edente"), help="class of a class-conditional model")
+    ldm.add_argument("--class", dest="class_name", choices=CLASSES, help="class of a class-conditional model")
     ldm.add_argument("--size", type=int, nargs="+", metavar="N", help="image size H W (or D H W); default: the training images' size")
     ldm.add_argument("--steps", type=int, help="sampling steps (default: the training's num_inference_steps)")
     ldm.add_argument("--scheduler", choices=("ddim", "ddpm", "rflow"), help="sampler (default ddim; rflow for rectified-flow models)")

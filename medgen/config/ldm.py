@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from medgen.config.core import ConfigError, from_dict
+from medgen.config.core import ConfigError
 from medgen.config.run import RunConfig
 
 
@@ -99,6 +99,9 @@ class LDMTrain:
 
 @dataclass
 class LDMConfig(RunConfig):
+    section = "ldm_train"
+    marker_keys = ("diffusion_def", "autoencoder_checkpoint")
+
     run_dir: str = "runs/ldm"
     data_source: Literal["edente", "dente", "both"] = "both"  # both: class-conditional on edente / dente
     autoencoder_checkpoint: str = "runs/vae/checkpoints/best.pt"  # trained medgen autoencoder (frozen; its config says how images are read)
@@ -114,12 +117,6 @@ class LDMConfig(RunConfig):
     def conditional(self) -> bool:
         """Class-conditional (edente / dente, with classifier-free guidance): both classes and class_conditional."""
         return self.diffusion_def.class_conditional and len(self.classes) > 1
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "LDMConfig":
-        cfg = from_dict(cls, data)
-        cfg.validate()
-        return cfg
 
 
 __all__ = ["DiffusionDef", "LDMConfig", "LDMTrain"]

@@ -1,25 +1,36 @@
-"""The keys every medgen trainer shares (paths, data, run settings) and the one way to load a config.
+"""The keys every medgen trainer shares (paths, data, run settings): :class:`RunConfig`.
 
-:func:`load_config` reads a JSON file, applies ``--set`` overrides, validates, and resolves the config's
-input paths (``data_base_dir``, ``val_dir``): a relative path is taken from the current folder, or, when
-nothing is there, from the folder that holds the config file. Training, ``check-data``, reconstruct/encode
-and the bundles all load configs through it, so a config means the same data everywhere.
+Each method's config (``VAEConfig``, ``WGANConfig``, ``LDMConfig``, ...) subclasses it and declares its
+training ``section``; a subclass that declares one is a config kind :func:`medgen.config.load_config` can pick.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
-from medgen.config.core import ConfigError, apply_overrides, read_json
+from medgen.config.core import ConfigError, from_dict
 
-# Keys naming inputs that must already exist; resolved against the config's folder when not found here.
-INPUT_PATH_KEYS = ("data_base_dir", "val_dir", "resume_from", "autoencoder_checkpoint")
+# The class folders of a data set, in the order of their class indices: jaws without teeth (edentulous, also
+# partially) and with teeth.
+CLASSES = ("edente", "dente")
 
 
 @dataclass
 class RunConfig:
+    #: the method's training section (``autoencoder_train``, ...); a subclass naming one is a config kind
+    section: ClassVar[str] = ""
+    #: top-level keys that mark a config file as this kind (besides ``section``)
+    marker_keys: ClassVar[tuple[str, ...]] = ()
+    #: every config kind, in the order :func:`medgen.config.load_config` tries them
+    kinds: ClassVar[list[type["RunConfig"]]] = []
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.section and cls not in RunConfig.kinds:
+            RunConfig.kinds.append(cls)
+
     # --- paths ---
     data_base_dir: str = "data"  # folder holding edente/ and dente/
     run_dir: str = "runs/vae"  # checkpoints, TensorBoard logs, resolved config, reports
@@ -64,54 +75,19 @@ class RunConfig:
 
     @property
     def classes(self) -> tuple[str, ...]:
-        return ("edente", "dente") if self.data_source == "both" else (self.data_source,)
+        return CLASSES if self.data_source == "both" else (self.data_source,)
 
     @property
     def checkpoint_path(self) -> Path:
         return Path(self.run_dir) / "checkpoints" / "last.pt"
 
-
-
-def resolve_input_path(value: str, config_file: str | Path | None) -> str:
-    """``value`` as given when it exists (or is absolute, or there is no config file); otherwise the same
-    relative path under the config file's folder when that exists."""
-    path = Path(value).expanduser()
-    if path.is_absolute() or path.exists() or config_file is None:
-        return str(path)
-    beside = Path(config_file).parent / path
-    return str(beside) if beside.exists() else str(path)
-
-
-def load_config(path: str | Path | None, overrides: list[str] = (), cls=None):
-    """Read a config file (or the defaults when ``path`` is None), apply ``--set`` overrides, validate.
-
-    Args:
-        path: the JSON file.
-        overrides: ``key.path=VALUE`` strings (``--set``).
-        cls: the config class (``VAEConfig``, ``WGANConfig``, ``LDMConfig``); None picks it from the file's
-            sections (``wgan_train`` -> WGAN, ``ldm_train`` or ``diffusion_def`` -> LDM, otherwise VAE).
-
-    Returns:
-        the validated config, its input paths resolved (see the module docstring).
-    """
-    data = read_json(path) if path is not None else {}
-    apply_overrides(data, list(overrides))
-    if cls is None:
-        from medgen.config.ldm import LDMConfig
-        from medgen.config.vae import VAEConfig
-        from medgen.config.wgan import WGANConfig
-
-        if "wgan_train" in data:
-            cls = WGANConfig
-        elif "ldm_train" in data or "diffusion_def" in data:
-            cls = LDMConfig
-        else:
-            cls = VAEConfig
-    for key in INPUT_PATH_KEYS:
-        if isinstance(data.get(key), str):
-            data[key] = resolve_input_path(data[key], path)
-    return cls.from_dict(data)
+    @classmethod
+    def from_dict(cls, data: dict):
+        """The config of ``data`` (plain JSON values), every key and rule checked."""
+        cfg = from_dict(cls, data)
+        cfg.validate()
+        return cfg
 
 
 
-__all__ = ["INPUT_PATH_KEYS", "RunConfig", "load_config", "resolve_input_path"]
+__all__ = ["CLASSES", "RunConfig"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from medgen.config.core import ConfigError, from_dict
+from medgen.config.core import ConfigError
 from medgen.config.run import RunConfig
 
 
@@ -110,6 +110,9 @@ class AutoencoderTrain:
 
 @dataclass
 class VAEConfig(RunConfig):
+    section = "autoencoder_train"
+    marker_keys = ("autoencoder_def", "discriminator_def")
+
     # also validate on the whole validation images, tiled as `medgen reconstruct` runs them (val/full_psnr, val/full_ssim)
     val_full_images: bool = False
     autoencoder_def: AutoencoderDef = field(default_factory=AutoencoderDef)
@@ -125,12 +128,6 @@ class VAEConfig(RunConfig):
             )
         self.autoencoder_def.validate()
         self.autoencoder_train.validate(self.spatial_dims, self.autoencoder_def)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "VAEConfig":
-        cfg = from_dict(cls, data)
-        cfg.validate()
-        return cfg
 
 
 __all__ = [

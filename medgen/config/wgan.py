@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from medgen.config.core import ConfigError, from_dict
+from medgen.config.core import ConfigError
 from medgen.config.run import RunConfig
 
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 64, 256
@@ -162,6 +162,9 @@ class WGANTrain:
 
 @dataclass
 class WGANConfig(RunConfig):
+    section = "wgan_train"
+    marker_keys = ("generator", "critic")
+
     run_dir: str = "runs/wgan"  # checkpoints, TensorBoard logs, resolved config
     patch_mode: Literal["crop", "resize"] = "resize"  # whole images resized to image_size, or random image_size crops
     num_val_images: int = 16  # fixed-noise samples in the TensorBoard grid at each validation
@@ -181,12 +184,6 @@ class WGANConfig(RunConfig):
     def patch_size(self) -> tuple[int, int]:
         """The (rows, cols) every real image is brought to."""
         return (self.wgan_train.image_size, self.wgan_train.image_size)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "WGANConfig":
-        cfg = from_dict(cls, data)
-        cfg.validate()
-        return cfg
 
 
 __all__ = ["CriticDef", "GeneratorDef", "WGANConfig", "WGANTrain", "attention_resolutions"]

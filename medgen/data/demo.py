@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from medgen.config import CLASSES
 from medgen.errors import InvalidValueError
 
 __all__ = ["CLASSES", "DEFAULT_SIZE", "make_jaw_image", "make_jaw_volume", "write_demo_dataset"]
 
 #: Class folders, in the order they are written (the same names the data discovery looks for).
-CLASSES = ("edente", "dente")
 DEFAULT_SIZE = {2: 128, 3: 32}
 MIN_SIZE = 16
 SYNTHETIC_NOTE = "medgen synthetic demo data — not a patient"

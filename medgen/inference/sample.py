@@ -48,7 +48,7 @@ def load_generator(checkpoint: str | Path, device: str | torch.device = "cpu", u
         the generator: ``forward(z (B, z_dim)) -> (B, 1, S, S)`` in [-1, 1], with ``z_dim``.
 
     Raises:
-        ValueError: the file is not a WGAN/GAN checkpoint.
+        InvalidValueError: the file is not a WGAN/GAN checkpoint.
     """
     from medgen.config.core import from_dict
     from medgen.config.wgan import GeneratorDef
@@ -59,8 +59,9 @@ def load_generator(checkpoint: str | Path, device: str | torch.device = "cpu", u
     config = ckpt.get("config") or {}
     if "generator" not in ckpt or "generator" not in config or "wgan_train" not in config:
         raise InvalidValueError(
-            f"{checkpoint} is not a WGAN/GAN checkpoint (no generator weights and config); give a "
-            "run_dir/checkpoints/last.pt written by `medgen train-wgan`"
+            f"{checkpoint} is not a WGAN/GAN checkpoint (no generator weights and config) nor a latent diffusion one "
+            "(no UNet and latent statistics); give a run_dir/checkpoints/last.pt written by `medgen train-wgan` or "
+            "`medgen train-ldm` (an autoencoder's checkpoint reconstructs, encodes and decodes; it does not sample)"
         )
     if not force and (ckpt.get("counters") or {}).get("generator_steps", 1) == 0:
         raise InvalidValueError(

@@ -17,14 +17,14 @@ import torch
 from monai.networks.nets import DiffusionModelUNet
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, RFlowScheduler
 
-from medgen.config import DiffusionDef
+from medgen.config import CLASSES, DiffusionDef
 from medgen.errors import InvalidValueError
 
 __all__ = ["CLASS_INDEX", "NULL_CLASS", "SAMPLERS", "build_unet", "training_scheduler", "sampling_scheduler",
            "training_target", "sample_latents", "generate_images", "latent_noise_shape"]
 
-CLASS_INDEX = {"edente": 0, "dente": 1}
-NULL_CLASS = 2  # the "no class" embedding of classifier-free guidance
+CLASS_INDEX = {name: i for i, name in enumerate(CLASSES)}
+NULL_CLASS = len(CLASSES)  # the "no class" embedding of classifier-free guidance
 # samplers each training objective supports
 SAMPLERS = {"ddpm": ("ddim", "ddpm"), "rflow": ("rflow",)}
 # MONAI's latent diffusion tutorials: scaled-linear betas from 0.0015 to 0.0195

@@ -1,17 +1,22 @@
 """The trainer skeleton every medgen method shares.
 
-:class:`Trainer` owns what is the same for every method: the epoch loop, the validation cadence, checkpoints
-(each registered component saves and restores itself), resume rules (also mid-epoch, bitwise exact), stopping
-on SIGTERM / SIGINT at a step boundary with ``last.pt`` written, skipping non-finite steps, run info,
-TensorBoard, progress (a bar on a terminal, a line per ``log_interval`` in a log file) and the launcher. A method (VAE-GAN, WGAN/GAN, ...) subclasses it and defines only
+:class:`Trainer` owns what is the same for every method: the epoch loop, the validation cadence and its
+TensorBoard scalars, checkpoints (:class:`medgen.training.checkpointer.Checkpointer`: each registered component
+saves and restores itself), resume rules (also mid-epoch, bitwise exact), stopping on SIGTERM / SIGINT at a step
+boundary with ``last.pt`` written, optimisers with their schedules and loss scalers, gradient accumulation,
+an EMA of a network for sampling, skipping non-finite steps, run info and progress (a bar on a terminal, a line
+per ``log_interval`` in a log file). A method (VAE-GAN, WGAN/GAN, latent diffusion, ...) subclasses it and
+defines only
 
-- :meth:`Trainer.build`: its networks, losses and optimisers, registered with :meth:`Trainer.track`;
+- :meth:`Trainer.build`: its networks and losses, its optimisers from :meth:`Trainer.build_optimizer`, anything
+  else a checkpoint must hold registered with :meth:`Trainer.track`;
 - :meth:`Trainer.train_step`: one step on a batch of images, returning detached scalars to log;
-- :meth:`Trainer.validate`: its validation measures;
+- :meth:`Trainer.validate`: its validation measures (logged as ``val/<name>``);
 
-plus a few class attributes (config class, training section, the config keys a resume must match).
+plus a few class attributes (config class, the config keys a resume must match, the measure that picks
+``best.pt``).
 
-The launcher (:func:`launch`) loads the config, joins the process group, finds and checks the data
+:func:`launch` loads the config, joins the process group, finds and checks the data
 (:func:`medgen.training.data_check.training_items`) and hands the items to the trainer: trainers never look
 for data themselves. One process, one GPU or many (torchrun, DDP): rank 0 alone writes TensorBoard, the
 console progress and checkpoints; every rank trains on its own shard of the data each epoch.
@@ -19,12 +24,10 @@ console progress and checkpoints; every rank trains on its own shard of the data
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
 import math
-import os
 import platform
 import signal
 import sys
@@ -35,15 +38,17 @@ from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 import medgen
-from medgen.config import ConfigError, RunConfig, load_config, to_dict
+from medgen.config import RunConfig, load_config, to_dict
 from medgen.data.datasets import build_dataset, make_train_loader
-from medgen.io.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from medgen.io.files import write_text_atomic
 from medgen.errors import MedgenError
-from medgen.training.distributed import DistInfo, all_gather_objects, all_reduce_max, cleanup, init_distributed, scaled_lr
+from medgen.io.discovery import discover_items
+from medgen.io.files import write_text_atomic
+from medgen.training.checkpointer import Checkpointer, NonFiniteTraining, Record, changed_settings, resume_path
+from medgen.training.distributed import DistInfo, all_reduce_max, cleanup, init_distributed, scaled_lr
 
 log = logging.getLogger("medgen.train")
 
@@ -92,30 +97,21 @@ def lr_scheduler(opt: torch.optim.Optimizer, kind: str, max_epochs: int, T_0: in
     return torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
 
 
+class AccumulatedGrads:
+    """The gradients summed so far in an accumulation group: saved so that a run stopped mid-group resumes exactly."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: p.grad.detach().clone() for n, p in self.module.named_parameters() if p.grad is not None}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for n, p in self.module.named_parameters():
+            p.grad = state[n].to(p.device, p.dtype) if n in state else None
+
+
 # ---------------------------------------------------------------------------------------------- run files
-def resume_path(cfg: RunConfig) -> Path | None:
-    """The checkpoint to resume from: ``resume_from`` when set; ``checkpoint_dir`` or ``run_dir/checkpoints/last.pt``
-    when ``resume_ckpt`` is true; ``last.pt`` after a torchrun restart; else None. A new run never overwrites
-    an existing one."""
-    last = cfg.checkpoint_path
-    if cfg.resume_ckpt or cfg.resume_from:
-        given = cfg.resume_from or cfg.checkpoint_dir
-        path = Path(given) if given else last
-        if not path.is_file():
-            key = "resume_from" if cfg.resume_from else ("checkpoint_dir" if cfg.checkpoint_dir else "resume_ckpt=true")
-            raise ConfigError(f"{key}: checkpoint {path} does not exist; set resume_from to the checkpoint file to "
-                              "resume from (null: run_dir/checkpoints/last.pt)")
-        return path
-    if last.is_file():
-        if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
-            return last
-        raise ConfigError(
-            f"run_dir={cfg.run_dir} already holds {last}; set resume_ckpt=true to continue it, "
-            "or choose another run_dir (nothing was overwritten)"
-        )
-    return None
-
-
 def write_run_info(cfg: RunConfig, world_size: int, effective_lr: dict[str, float]) -> None:
     """``run_dir/config.json`` (the resolved config) and ``run_dir/versions.json``."""
     import monai
@@ -134,22 +130,15 @@ def write_run_info(cfg: RunConfig, world_size: int, effective_lr: dict[str, floa
     write_text_atomic(run_dir / "versions.json", json.dumps(versions, indent=2) + "\n")
 
 
-# keys that say how to resume, not how to train: a change is not reported
-RESUME_ONLY_KEYS = ("resume_ckpt", "checkpoint_dir", "resume_from")
+def position(epoch: int, step: int) -> str:
+    """Where a run stands, as the interrupt and resume messages say it: ``epoch 2 step 3`` (1-based epoch,
+    steps done in it) or ``after epoch 2``."""
+    return f"epoch {epoch + 1} step {step}" if step else f"after epoch {epoch}"
 
 
-def _config_at(config: dict, dotted: str) -> Any:
-    node: Any = config
-    for part in dotted.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
-
-
-def _differences(saved: Any, now: Any, key: str) -> list[str]:
-    """``key=saved (now X)`` for every leaf that differs between two config sections."""
-    if isinstance(saved, dict) and isinstance(now, dict):
-        return [d for k in sorted(set(saved) | set(now)) for d in _differences(saved.get(k), now.get(k), f"{key}.{k}")]
-    return [] if saved == now else [f"{key}={json.dumps(saved)} (this run: {json.dumps(now)})"]
+def _duration(seconds: float) -> str:
+    seconds = int(max(0.0, seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 class TrainingInterrupted(MedgenError):
@@ -159,28 +148,9 @@ class TrainingInterrupted(MedgenError):
 
     def __init__(self, epoch: int, step: int, signum: int, checkpoint: Path):
         self.exit_code = 128 + signum  # 143 for SIGTERM, 130 for SIGINT, as shells report signals
-        where = f"at epoch {epoch + 1} step {step}" if step else f"after epoch {epoch}"
+        where = f"at {position(epoch, step)}" if step else position(epoch, step)
         super().__init__(f"interrupted ({signal.Signals(signum).name}) {where}; {checkpoint} holds everything up to "
                          "there; resume with resume_ckpt=true")
-
-
-class Counters(dict):
-    """Named counts a checkpoint keeps (e.g. generator steps); a tracked component like any other."""
-
-    def state_dict(self) -> dict[str, int]:
-        return dict(self)
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.update(state)
-
-
-class NonFiniteTraining(MedgenError):
-    """Training produced non-finite losses or weights for longer than ``max_nonfinite_steps`` allows."""
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(max(0.0, seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 # ---------------------------------------------------------------------------------------------- the trainer
@@ -196,9 +166,10 @@ class Trainer:
 
     #: the ``medgen`` sub-command (``train-<name>``) and the name in logs
     name: ClassVar[str] = ""
-    #: the config dataclass, the name of its training section and an example override for ``--help``
+    #: the config dataclass (it names the training section, ``config_cls.section``)
     config_cls: ClassVar[type]
-    section: ClassVar[str]
+    #: the sub-command's help, an example config file and an example override
+    command_help: ClassVar[str] = ""
     example_config: ClassVar[str] = ""
     example_set: ClassVar[str] = ""
     #: dotted config keys a resumed run must share with its checkpoint (the architecture)
@@ -213,20 +184,23 @@ class Trainer:
         self.cfg, self.dist = cfg, dist_info or DistInfo()
         self.run_dir = Path(cfg.run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
+        self.checkpointer = Checkpointer(self.ckpt_dir, self.dist, self.name, cfg.section, self.resume_keys)
         self.train_items: list[dict] | None = None
         self.val_items: list[dict] = []
         self.precision = Precision(cfg.amp, self.dist.device)
         self.epoch, self.step_in_epoch, self.global_step, self.best_value = 0, 0, 0, -math.inf
+        self.steps_in_epoch = 0  # the current epoch's length in steps (known once it starts)
         self.writer = None
         self.progress_bars = sys.stderr.isatty()  # bars on a terminal; one line per log_interval in a log file
         self._loader = None
         self._stop_signal: int | None = None
         self._step_skipped, self._nonfinite_in_a_row = False, 0
         self.effective_lr: dict[str, float] = {}
-        self._components: dict[str, Any] = {}
         self._optimizers: dict[str, torch.optim.Optimizer] = {}
         self._schedulers: list = []
-        self.counters = Counters(nonfinite_steps=0)  # methods add their own counts
+        self.ema: AveragedModel | None = None
+        self._ema_source: torch.nn.Module | None = None
+        self.counters = Record(nonfinite_steps=0)  # methods add their own counts
         self.track(counters=self.counters)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.build()
@@ -244,17 +218,20 @@ class Trainer:
     def from_config(cls, cfg, dist_info: DistInfo | None = None) -> "Trainer":
         """The trainer on the data ``cfg`` names, found and checked as the launcher does (the bundles' entry).
 
-        The networks are built first, so a config or weights problem stops before the data scan."""
+        The cheapest checks come first: the checkpoint to resume and the data folders, then the networks (and
+        their pretrained weights), then the scan that reads every image."""
         from medgen.training.data_check import training_items
 
+        resume_path(cfg)  # a missing checkpoint or an existing run
+        found = discover_items(cfg)  # missing or empty data folders
         trainer = cls(cfg, dist_info)
-        resume_path(cfg)  # a missing checkpoint or an existing run is reported before the data scan
-        trainer.set_data(*training_items(cfg, trainer.patch_size, trainer.dist))
+        trainer.set_data(*training_items(cfg, trainer.checked_size(cfg), trainer.dist, found))
         return trainer
 
     # ------------------------------------------------------------------ what a method defines
     def build(self) -> None:
-        """Networks, losses, optimisers; register everything a checkpoint must hold with :meth:`track`."""
+        """Networks, losses, optimisers (:meth:`build_optimizer`); register anything else a checkpoint must hold
+        with :meth:`track`."""
         raise NotImplementedError
 
     def train_step(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -263,8 +240,26 @@ class Trainer:
         raise NotImplementedError
 
     def validate(self) -> dict[str, float]:
-        """Validation measures (called on every rank; a method may return {} on ranks that do not measure)."""
+        """Validation measures (called on every rank; a method may return {} on ranks that do not measure).
+        Rank 0 logs each as ``val/<name>``; a method writes only its images."""
         raise NotImplementedError
+
+    @staticmethod
+    def data_patch_size(cfg) -> tuple[int, ...]:
+        """The spatial size images are cropped or resized to."""
+        raise NotImplementedError
+
+    @classmethod
+    def checked_size(cls, cfg) -> tuple[int, ...] | None:
+        """The size every image must reach (what the data check measures against): the patch in ``crop`` mode;
+        None in ``resize`` mode, where any size is brought to it."""
+        return None if cfg.patch_mode == "resize" else tuple(cls.data_patch_size(cfg))
+
+    @classmethod
+    def pretrained_networks(cls, cfg) -> list[tuple[str, str | None]]:
+        """The pretrained networks ``cfg`` trains with, each as (what it is, why it cannot load here or None);
+        checked before the networks are built, and by ``medgen check-data``."""
+        return []
 
     def batch_extras(self, batch: dict) -> tuple:
         """Further arguments of :meth:`train_step` taken from a loader batch (e.g. class labels); none by default."""
@@ -283,15 +278,14 @@ class Trainer:
     def on_train_start(self) -> None:
         """Rank 0, once the writer is open: method-specific notes for the log."""
 
-    @staticmethod
-    def data_patch_size(cfg) -> tuple[int, ...]:
-        """The spatial size images are cropped or resized to (what the data check measures against)."""
-        raise NotImplementedError
+    def on_epoch_end(self, means: dict[str, float]) -> None:
+        """After each epoch's scalars are logged (every rank): method-specific checks."""
 
     # ------------------------------------------------------------------ helpers for methods
     @property
     def train_cfg(self):
-        return getattr(self.cfg, self.section)
+        """The config's training section (``autoencoder_train``, ``wgan_train``, ...)."""
+        return getattr(self.cfg, self.cfg.section)
 
     @property
     def patch_size(self) -> tuple[int, ...]:
@@ -299,42 +293,95 @@ class Trainer:
 
     def track(self, **components: Any) -> None:
         """Register what a checkpoint holds: anything with ``state_dict()`` / ``load_state_dict()``, saved
-        under its keyword. Optimisers are also logged (``lr/<name>``) and LR schedulers stepped each epoch."""
-        for name, comp in components.items():
-            self._components[name] = comp
-            if isinstance(comp, torch.optim.lr_scheduler.LRScheduler):
-                self._schedulers.append(comp)
-
-    def log_lr(self, **optimizers: torch.optim.Optimizer) -> None:
-        """Optimisers whose learning rate TensorBoard shows as ``lr/<name>``."""
-        self._optimizers.update(optimizers)
+        under its keyword. LR schedulers are also stepped each epoch."""
+        self.checkpointer.track(**components)
+        self._schedulers += [c for c in components.values() if isinstance(c, torch.optim.lr_scheduler.LRScheduler)]
 
     def scaled_lr(self, lr: float) -> float:
         """Effective LR = ``lr`` x world size (the per-process batch stays fixed, so the global batch grows)."""
         return scaled_lr(lr, self.dist.world_size)
 
+    def build_optimizer(self, name: str, module: torch.nn.Module, lr: float, suffix: str = ""):
+        """Adam over ``module``'s trainable parameters at ``lr`` x world size with the training section's betas,
+        weight decay and LR schedule, and a loss scaler for fp16. Tracked as ``opt<suffix>``, ``sched<suffix>``,
+        ``scaler<suffix>`` (and ``accumulated_grads<suffix>`` when the section accumulates gradients); the
+        rate is logged as ``lr/<name>``. Returns ``(optimizer, scheduler, scaler)``."""
+        t = self.train_cfg
+        self.effective_lr[name] = self.scaled_lr(lr)
+        opt = adam(module.parameters(), self.effective_lr[name], t.betas, getattr(t, "weight_decay", 0.0))
+        sched = lr_scheduler(opt, t.lr_scheduler, t.max_epochs, getattr(t, "T_0", 10), getattr(t, "T_mult", 1))
+        scaler = self.precision.scaler()
+        self.track(**{f"opt{suffix}": opt, f"sched{suffix}": sched, f"scaler{suffix}": scaler})
+        if hasattr(t, "grad_accum_steps"):
+            self.track(**{f"accumulated_grads{suffix}": AccumulatedGrads(module)})
+        self._optimizers[name] = opt
+        return opt, sched, scaler
+
+    def build_ema(self, module: torch.nn.Module, decay: float | None) -> None:
+        """An exponential moving average of ``module``'s weights and buffers (the BatchNorm statistics must match
+        the averaged weights), tracked as ``ema`` and updated after each optimiser step of ``module``; None when
+        ``decay`` is None. :attr:`sampling_network` is the network samples and measures come from."""
+        self._ema_source = module
+        if decay is not None:
+            self.ema = AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+            self.track(ema=self.ema)
+
+    @property
+    def sampling_network(self) -> torch.nn.Module:
+        """The network samples and validation come from: the EMA copy when there is one (:meth:`build_ema`)."""
+        return self.ema.module if self.ema is not None else self._ema_source
+
+    @property
+    def grad_accum_steps(self) -> int:
+        return getattr(self.train_cfg, "grad_accum_steps", 1)
+
+    @property
+    def stepping(self) -> bool:
+        """Whether this step ends its gradient-accumulation group (always, without accumulation; the last
+        step of an epoch always does)."""
+        k, step = self.grad_accum_steps, self.step_in_epoch + 1
+        return k == 1 or step % k == 0 or step >= self.steps_in_epoch
+
+    def accumulating(self, *ddp_modules: torch.nn.Module):
+        """Context for a step's forward and backward: DDP's gradient all-reduce is skipped while the step only
+        accumulates (it runs once, on the group's last step)."""
+        stack = contextlib.ExitStack()
+        if not self.stepping:
+            for m in ddp_modules:
+                if hasattr(m, "no_sync"):
+                    stack.enter_context(m.no_sync())
+        return stack
+
     def optimizer_step(self, loss: torch.Tensor, opt, scaler: torch.amp.GradScaler, module: torch.nn.Module,
                        grad_clip: float | None) -> bool:
-        """Backward, optional gradient-norm clipping, optimiser step; returns whether the step was taken.
+        """Backward, and at the end of an accumulation group optional gradient-norm clipping, the optimiser
+        step, clearing the gradients and the EMA update; returns whether the weights were stepped.
 
-        A non-finite gradient norm skips the step (the gradients are dropped; the weights stay as they were)
-        and the training loop counts it. DDP has averaged the gradients, so every rank sees the same norm and
-        skips the same steps. Under fp16 the loss scaler skips non-finite steps itself, as it always has.
+        The loss is divided by ``grad_accum_steps`` so a group's gradient is the mean of its steps. A non-finite
+        gradient norm skips the step (the gradients are dropped; the weights stay as they were) and the training
+        loop counts it. DDP has averaged the gradients, so every rank sees the same norm and skips the same
+        steps. Under fp16 the loss scaler skips non-finite steps itself.
         """
-        scaler.scale(loss).backward()
+        k = self.grad_accum_steps
+        scaler.scale(loss / k if k > 1 else loss).backward()
+        if not self.stepping:
+            return False
         if scaler.is_enabled():
             if grad_clip is not None:
                 scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
             scaler.step(opt)
             scaler.update()
-            return True
-        norm = torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip if grad_clip is not None else math.inf)
-        if not torch.isfinite(norm):  # one device sync per step: the decision must precede the update
-            opt.zero_grad(set_to_none=True)
-            self._step_skipped = True
-            return False
-        opt.step()
+        else:
+            norm = torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip if grad_clip is not None else math.inf)
+            if not torch.isfinite(norm):  # one device sync per step: the decision must precede the update
+                opt.zero_grad(set_to_none=True)
+                self._step_skipped = True
+                return False
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+        if self.ema is not None and module is self._ema_source:
+            self.ema.update_parameters(module)
         return True
 
     # ------------------------------------------------------------------ epochs
@@ -342,14 +389,14 @@ class Trainer:
         """One pass over this rank's shard (from :attr:`step_in_epoch` when resuming mid-epoch); returns the
         epoch means of every logged scalar. Stops at the next step boundary when a stop signal arrived."""
         max_epochs, batch_size = self.train_cfg.max_epochs, self.train_cfg.batch_size
-        for comp in self._components.values():
+        for comp in self.checkpointer.components.values():
             if isinstance(comp, torch.nn.Module):
                 comp.train()
         if self._loader is None:  # one loader for the run: its workers persist across epochs
             self._loader = make_train_loader(self.cfg, self.train_ds, batch_size, self.epoch, self.dist.rank,
                                              self.dist.world_size, start=self.step_in_epoch)
         self._loader.sampler.set_epoch(self.epoch, start=self.step_in_epoch)
-        steps = self.step_in_epoch + len(self._loader)
+        steps = self.steps_in_epoch = self.step_in_epoch + len(self._loader)
         sums: dict[str, torch.Tensor] = {}
         counts: dict[str, int] = {}
         n_images, done, t0 = 0, 0, time.perf_counter()
@@ -378,7 +425,7 @@ class Trainer:
                 first = next(iter(means), None)
                 if self.progress_bars:
                     bar.set_postfix({first: f"{means[first]:.4f}", "img_s": f"{rate:.1f}"} if first else {"img_s": f"{rate:.1f}"})
-                else:  # a log file: one line per log_interval, no carriage returns
+                elif self.step_in_epoch < steps:  # a log file: one line per log_interval (the epoch's line ends it)
                     eta = elapsed / done * (steps - self.step_in_epoch)
                     log.info("%s step %d/%d: %s, %.1f images/s, epoch ETA %s", desc, self.step_in_epoch, steps,
                              self.describe_metrics(means), rate, _duration(eta))
@@ -410,14 +457,12 @@ class Trainer:
             log.warning("step %d: non-finite %s; the step was skipped (%d in a row, max_nonfinite_steps=%d)",
                         step, terms, self._nonfinite_in_a_row, limit)
         if self._nonfinite_in_a_row > limit:
+            section = self.cfg.section
             raise NonFiniteTraining(
                 f"training diverged: {self._nonfinite_in_a_row} steps in a row up to step {step} (epoch {self.epoch + 1}) "
                 f"had a non-finite loss or gradient ({terms}); the checkpoints keep the last finite weights; lower "
-                f"{self.section}.lr, set {self.section}.grad_clip, or resume from best.pt"
+                f"{section}.lr, set {section}.grad_clip, or resume from best.pt"
             )
-
-    def on_epoch_end(self, means: dict[str, float]) -> None:
-        """After each epoch's scalars are logged (every rank): method-specific checks."""
 
     # ------------------------------------------------------------------ stopping on a signal
     def _on_signal(self, signum, frame) -> None:
@@ -477,6 +522,20 @@ class Trainer:
         for name, opt in self._optimizers.items():
             self.writer.add_scalar(f"{prefix}lr/{name}", opt.param_groups[0]["lr"], self.global_step)
 
+    def _validate(self) -> dict[str, float]:
+        """:meth:`validate`, its measures logged (``val/<name>`` in TensorBoard, one line) and ``best.pt`` kept."""
+        metrics = self.validate()
+        if metrics and self.dist.is_main:
+            log.info("validation after epoch %d: %s", self.epoch, self.describe_metrics(metrics))
+            if self.writer is not None:
+                for name, value in metrics.items():
+                    self.writer.add_scalar(f"val/{name}", value, self.global_step)
+        best = metrics.get(self.best_metric) if self.best_metric else None
+        if best is not None and best > self.best_value:  # every rank holds the reduced measure
+            self.best_value = best
+            self.save("best.pt")
+        return metrics
+
     def fit(self) -> dict[str, float]:
         """Train to ``max_epochs`` (resuming when asked); returns the last validation measures."""
         t = self.train_cfg
@@ -488,7 +547,7 @@ class Trainer:
             if self.epoch >= t.max_epochs:
                 if self.dist.is_main:
                     log.info("%s already holds a run finished at epoch %d (%s.max_epochs=%d); nothing to train: raise "
-                             "max_epochs to train on", resume, self.epoch, self.section, t.max_epochs)
+                             "max_epochs to train on", resume, self.epoch, self.cfg.section, t.max_epochs)
                 return {}
         if self.dist.is_main:
             from torch.utils.tensorboard import SummaryWriter
@@ -499,7 +558,7 @@ class Trainer:
             log.info(
                 "training on %d images (%d validation) with %s, world size %d, effective lr %s (lr x %d)%s",
                 len(self.train_items), len(self.val_items), self.method_name, self.dist.world_size, lrs, self.dist.world_size,
-                f", resumed from {resume} at epoch {self.epoch}" if resume else "",
+                f", resumed from {resume} at {position(self.epoch, self.step_in_epoch)}" if resume else "",
             )
             self.on_train_start()
         metrics: dict[str, float] = {}
@@ -510,13 +569,7 @@ class Trainer:
                     self.epoch += 1
                     last = self.epoch == t.max_epochs
                     if self.epoch % t.val_interval == 0 or last:
-                        metrics = self.validate()
-                        if metrics and self.dist.is_main:
-                            log.info("validation after epoch %d: %s", self.epoch, self.describe_metrics(metrics))
-                        best = metrics.get(self.best_metric) if self.best_metric else None
-                        if best is not None and best > self.best_value:  # every rank holds the reduced measure
-                            self.best_value = best
-                            self.save("best.pt")
+                        metrics = self._validate()
                     saved = self.epoch % self.cfg.checkpoint_interval == 0 or last
                     if saved:
                         self.save("last.pt")
@@ -529,53 +582,36 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """Every tracked component's own state, the progress counters, the config and the versions."""
-        state = {name: comp.state_dict() for name, comp in self._components.items()}
-        state.update(epoch=self.epoch, step_in_epoch=self.step_in_epoch, global_step=self.global_step, world_size=self.dist.world_size,
-                     config=to_dict(self.cfg), medgen_version=medgen.__version__)
+        """What a checkpoint holds beside the tracked components: progress, the best measure, the config."""
+        state = dict(epoch=self.epoch, step_in_epoch=self.step_in_epoch, global_step=self.global_step,
+                     world_size=self.dist.world_size, config=to_dict(self.cfg))
         if self.best_metric:
             state[f"best_{self.best_metric}"] = self.best_value
         return state
 
     def save(self, name: str = "last.pt") -> None:
-        """Every rank contributes its RNG state; rank 0 writes ``run_dir/checkpoints/<name>`` atomically.
-        Weights with a non-finite value are never written: the previous file stays."""
-        bad = [n for n, comp in self._components.items() if isinstance(comp, torch.nn.Module)
-               and not all(torch.isfinite(t).all() for t in comp.state_dict().values() if t.is_floating_point())]
-        if int(all_reduce_max(torch.tensor([len(bad)], device=self.dist.device)).item()):
-            raise NonFiniteTraining(f"{', '.join(bad) or 'a network on another rank'} holds non-finite weights; "
-                                    f"{self.ckpt_dir / name} was not overwritten; lower {self.section}.lr or set "
-                                    f"{self.section}.grad_clip, and resume from the last checkpoint")
-        rngs = all_gather_objects(rng_state())
-        if self.dist.is_main:
-            save_checkpoint({**self.state_dict(), "rng": rngs}, self.ckpt_dir / name)
+        """``run_dir/checkpoints/<name>`` (see :meth:`medgen.training.checkpointer.Checkpointer.save`)."""
+        self.checkpointer.save(name, self.state_dict())
 
     def load(self, path: str | Path) -> None:
-        """Restore everything from a checkpoint written by :meth:`save`, and this rank's RNG states."""
-        try:
-            ckpt = load_checkpoint(path, map_location=self.dist.device)
-        except CheckpointError as e:  # truncated or damaged: offer the other checkpoint of the run
-            others = [p for p in (self.ckpt_dir / "best.pt", self.ckpt_dir / "last.pt") if p != Path(path) and p.is_file()]
-            hint = f"; to go on from the last good state, set resume_from={others[0]}" if others else ""
-            raise CheckpointError(f"{e}{hint}") from None
-        self.check_resume(ckpt, Path(path))
-        for name, comp in self._components.items():
-            if name in ckpt:  # only Counters may be absent (checkpoints written before they existed)
-                comp.load_state_dict(ckpt[name])
+        """Restore everything from a checkpoint written by :meth:`save`, and this rank's RNG states; the
+        config's learning rates apply, and the settings that differ from the checkpoint's are listed."""
+        path = Path(path)
+        ckpt = self.checkpointer.read(path)
+        now = to_dict(self.cfg)
+        self.checkpointer.check(ckpt, path, now)
+        same_streams = self.checkpointer.restore(ckpt)
         self.epoch, self.global_step = int(ckpt["epoch"]), int(ckpt["global_step"])
         self.step_in_epoch = int(ckpt.get("step_in_epoch", 0))
         if self.best_metric:
             self.best_value = float(ckpt.get(f"best_{self.best_metric}", -math.inf))
         self._apply_config_lr()
-        changed = [d for key in sorted(set(ckpt.get("config") or {}) | set(to_dict(self.cfg))) if key not in RESUME_ONLY_KEYS
-                   for d in _differences((ckpt.get("config") or {}).get(key), to_dict(self.cfg).get(key), key)]
+        changed = changed_settings(ckpt.get("config") or {}, now)
         if changed and self.dist.is_main:
             log.info("resuming %s with changed settings: %s", path, "; ".join(changed))
-        rngs = ckpt.get("rng", [])
-        if len(rngs) == self.dist.world_size:
-            set_rng_state(rngs[self.dist.rank])
-        elif self.dist.is_main:
-            log.warning("%s was written by %d processes, this run has %d: random streams restart", path, len(rngs), self.dist.world_size)
+        if not same_streams and self.dist.is_main:
+            log.warning("%s was written by %d processes, this run has %d: random streams restart", path,
+                        len(ckpt.get("rng", [])), self.dist.world_size)
 
     def _apply_config_lr(self) -> None:
         """After a load: the config's (effective) learning rates, at the schedule's current position. The
@@ -595,39 +631,11 @@ class Trainer:
                     if getattr(sch, "_last_lr", None):
                         sch._last_lr[i] *= ratio
 
-    def check_resume(self, ckpt: dict[str, Any], path: Path) -> None:
-        """Refuse a checkpoint of another architecture or another set of components, naming what differs."""
-        saved, now = ckpt.get("config") or {}, to_dict(self.cfg)
-        diffs = [d for key in self.resume_keys if _config_at(saved, key) is not None
-                 for d in _differences(_config_at(saved, key), _config_at(now, key), key)]
-        if diffs:
-            raise ConfigError(f"{path} was trained with {'; '.join(diffs)}; resume with the same settings or start a new run_dir")
-        missing = [name for name, comp in self._components.items()
-                   if (name not in ckpt or ckpt[name] is None) and not isinstance(comp, Counters)]
-        extra = [name for name in ckpt if name not in self._components and isinstance(ckpt[name], dict)
-                 and name not in ("config", "rng")]
-        if missing or extra:
-            raise ConfigError(
-                f"{path} {'lacks ' + ', '.join(missing) if missing else 'also holds ' + ', '.join(extra)}, which this "
-                f"{self.name} run {'needs' if missing else 'does not train'}; resume with the settings it was trained with"
-            )
-
 
 # ---------------------------------------------------------------------------------------------- the launcher
-def add_arguments(parser: argparse.ArgumentParser, trainer_cls: type[Trainer]) -> argparse.ArgumentParser:
-    """The training command line: a config file and ``--set`` overrides."""
-    parser.add_argument("config", help=f"config JSON file, e.g. {trainer_cls.example_config}")
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help=f"override a config key (dotted path, JSON value), e.g. --set {trainer_cls.example_set}",
-    )
-    return parser
-
-
 def launch(config: str | Path, overrides: Sequence[str], trainer_cls: type[Trainer]) -> dict[str, float]:
     """Load the config, join the process group, find and check the data, train. Errors a user can fix are
     :class:`medgen.errors.MedgenError`; the caller (the CLI) turns them into one line."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     cfg = load_config(config, list(overrides), cls=trainer_cls.config_cls)
     dist_info = init_distributed(cfg.backend)
     if not dist_info.is_main:

@@ -20,17 +20,19 @@ class DataCheckError(MedgenError):
     """Some training or validation files are unusable and ``skip_bad_files`` is false."""
 
 
-def training_items(cfg: RunConfig, patch_size: Sequence[int] | None, dist_info: DistInfo) -> tuple[list[dict], list[dict]]:
-    """The training and validation items of ``cfg`` (:func:`medgen.io.discovery.discover_items`), checked:
-    every item is read with the real reader before the first step (rank 0, in parallel, cached by the item's
-    change stamp in ``run_dir``); stop with the report when a file is bad, or drop bad files when
-    ``skip_bad_files`` is true and list them in ``run_dir/skipped_files.json``."""
-    train, val = discover_items(cfg)
+def training_items(cfg: RunConfig, checked_size: Sequence[int] | None, dist_info: DistInfo,
+                   found: tuple[list[dict], list[dict]] | None = None) -> tuple[list[dict], list[dict]]:
+    """The training and validation items of ``cfg`` (``found``, or :func:`medgen.io.discovery.discover_items`),
+    checked: every item is read with the real reader before the first step (rank 0, in parallel, cached by the
+    item's change stamp in ``run_dir``), each at least ``checked_size`` (None: any size); stop with the report
+    when a file is bad, or drop bad files when ``skip_bad_files`` is true and list them in
+    ``run_dir/skipped_files.json``."""
+    train, val = found or discover_items(cfg)
     items = [*train, *val]
     if dist_info.is_main:
         Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
         reports = scan_files(
-            items, cfg.data_base_dir, cfg.spatial_dims, patch_size if cfg.patch_mode == "crop" else None,
+            items, cfg.data_base_dir, cfg.spatial_dims, checked_size,
             workers=cfg.scan_workers, cache_path=Path(cfg.run_dir) / "data_check_cache.json", progress=sys.stderr.isatty(),
         )
         bad_paths = [it["image"] for it, r in zip(items, reports) if not r.ok]

@@ -22,7 +22,6 @@ checkpoint also holds the autoencoder and its config, so ``medgen sample`` needs
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from collections import Counter
@@ -33,7 +32,6 @@ import torch
 import torch.nn.functional as F
 from monai.transforms import DivisiblePad
 from monai.utils import convert_to_tensor
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from medgen.config import ConfigError, LDMConfig, VAEConfig, to_dict
 from medgen.data.latents import LatentCrops, file_stamp, latent_key, load_latent
@@ -45,7 +43,8 @@ from medgen.models.tiled import tiling_for
 from medgen.models.diffusion import (CLASS_INDEX, NULL_CLASS, build_unet, generate_images,
                                      latent_noise_shape, training_scheduler, training_target)
 from medgen.models.tiled import tiled_encode
-from medgen.training.base import Trainer, adam, lr_scheduler, wrap_ddp
+from medgen.training.base import Trainer, wrap_ddp
+from medgen.training.checkpointer import Record
 from medgen.training.distributed import all_gather_objects, all_reduce_sum
 from medgen.training.images import comparison_grid
 
@@ -82,31 +81,6 @@ class LatentStats:
         vars(self).update(state)
 
 
-class AccumulatedGrads:
-    """The gradients summed so far in an accumulation group: saved so that a run stopped mid-group resumes exactly."""
-
-    def __init__(self, module: torch.nn.Module):
-        self.module = module
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {n: p.grad.detach().clone() for n, p in self.module.named_parameters() if p.grad is not None}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        for n, p in self.module.named_parameters():
-            p.grad = state[n].to(p.device, p.dtype) if n in state else None
-
-
-class ModelConfig(dict):
-    """A plain config dict saved in the checkpoint (here the autoencoder's training config)."""
-
-    def state_dict(self) -> dict:
-        return dict(self)
-
-    def load_state_dict(self, state: dict) -> None:
-        self.clear()
-        self.update(state)
-
-
 class LDMTrainer(Trainer):
     """Trains a latent diffusion UNet from an :class:`LDMConfig` (see :class:`Trainer` for the arguments).
 
@@ -117,18 +91,21 @@ class LDMTrainer(Trainer):
     name = "ldm"
     method_name = "latent diffusion"
     config_cls = LDMConfig
-    section = "ldm_train"
+    command_help = "train a latent diffusion model on a trained autoencoder (same as scripts/train_ldm.py)"
     example_config, example_set = "ldm_config.json", "ldm_train.latent_patch_size=[32,64]"
     resume_keys = ("diffusion_def", "data_source", "ldm_train.scheduler", "ldm_train.num_train_timesteps")
 
     @staticmethod
     def data_patch_size(cfg: LDMConfig) -> tuple[int, ...]:
-        return tuple(cfg.ldm_train.latent_patch_size)
+        """The smallest image (in pixels) a latent crop fits in: ``latent_patch_size`` x the autoencoder's downsampling."""
+        factor = autoencoder_config(cfg.autoencoder_checkpoint).autoencoder_def.downsample_factor
+        return tuple(p * factor for p in cfg.ldm_train.latent_patch_size)
 
-    @property
-    def patch_size(self) -> tuple[int, ...]:
-        """The smallest image (in pixels) a latent crop fits in: ``latent_patch_size`` x the downsampling."""
-        return tuple(p * self.factor for p in self.cfg.ldm_train.latent_patch_size)
+    @classmethod
+    def checked_size(cls, cfg: LDMConfig) -> tuple[int, ...] | None:
+        """Images are read as the autoencoder was trained: its ``patch_mode`` decides whether a size is needed."""
+        resized = autoencoder_config(cfg.autoencoder_checkpoint).patch_mode == "resize"
+        return None if resized else cls.data_patch_size(cfg)
 
     def build(self) -> None:
         cfg, t, dev = self.cfg, self.cfg.ldm_train, self.dist.device
@@ -153,29 +130,13 @@ class LDMTrainer(Trainer):
         self.tiling = tiling_for(self.vae_cfg)
         self.unet = build_unet(cfg.diffusion_def, cfg.spatial_dims, ae_def.latent_channels, cfg.conditional).to(dev)
         self.noise_scheduler = training_scheduler(t.scheduler, t.num_train_timesteps)
-        self.ema = None
-        if t.ema_decay is not None:
-            self.ema = AveragedModel(self.unet, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True)
-
-        self.lr = self.scaled_lr(t.lr)
-        self.effective_lr = {"unet": self.lr}
-        self.opt = adam(self.unet.parameters(), self.lr, t.betas)
-        self.sched = lr_scheduler(self.opt, t.lr_scheduler, t.max_epochs)
-        self.scaler = self.precision.scaler()
         self.stats = LatentStats()
-        self.track(unet=self.unet, opt=self.opt, sched=self.sched, scaler=self.scaler, latent_stats=self.stats,
-                   accumulated_grads=AccumulatedGrads(self.unet), autoencoder=self.autoencoder,
-                   autoencoder_config=ModelConfig(to_dict(self.vae_cfg)))
-        if self.ema is not None:
-            self.track(ema=self.ema)
-        self.log_lr(unet=self.opt)
+        self.track(unet=self.unet, latent_stats=self.stats, autoencoder=self.autoencoder,
+                   autoencoder_config=Record(to_dict(self.vae_cfg)))
+        self.opt, _, self.scaler = self.build_optimizer("unet", self.unet, t.lr)
+        self.build_ema(self.unet, t.ema_decay)
         self.unet_ddp = wrap_ddp(self.unet, self.dist)
         self._train_thumbnails: torch.Tensor | None = None
-
-    @property
-    def sampling_unet(self) -> torch.nn.Module:
-        """The UNet used for samples and validation: the EMA copy when ``ema_decay`` is set."""
-        return self.ema.module if self.ema is not None else self.unet
 
     # ------------------------------------------------------------------ latents
     def set_data(self, train_items: Sequence[dict], val_items: Sequence[dict]) -> None:
@@ -247,10 +208,6 @@ class LDMTrainer(Trainer):
     def batch_extras(self, batch: dict) -> tuple:
         return (batch["label"].to(self.dist.device),)
 
-    def _steps_per_epoch(self) -> int:
-        per_rank = math.ceil(len(self.train_ds) / self.dist.world_size)
-        return math.ceil(per_rank / self.cfg.ldm_train.batch_size)
-
     def diffusion_loss(self, model: torch.nn.Module, z: torch.Tensor, labels: torch.Tensor | None,
                        noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """MSE between the model's prediction on the noised scaled latents and its target (noise or velocity)."""
@@ -275,16 +232,9 @@ class LDMTrainer(Trainer):
             class_labels = torch.where(drop, torch.full_like(labels, NULL_CLASS), labels)
         noise = torch.randn_like(latents)
         timesteps = self._timesteps(latents)
-        last = (self.step_in_epoch + 1) % t.grad_accum_steps == 0 or self.step_in_epoch + 1 >= self._steps_per_epoch()
-        sync = contextlib.nullcontext() if last or not self.dist.distributed else self.unet_ddp.no_sync()
-        with sync:
+        with self.accumulating(self.unet_ddp):
             loss = self.diffusion_loss(self.unet_ddp, latents, class_labels, noise, timesteps)
-            if not last:
-                self.scaler.scale(loss / t.grad_accum_steps).backward()
-        if last and self.optimizer_step(loss / t.grad_accum_steps, self.opt, self.scaler, self.unet, t.grad_clip):
-            self.opt.zero_grad(set_to_none=True)
-            if self.ema is not None:
-                self.ema.update_parameters(self.unet)
+            self.optimizer_step(loss, self.opt, self.scaler, self.unet, t.grad_clip)
         return {"diffusion": loss.detach()}
 
     # ------------------------------------------------------------------ validation
@@ -292,7 +242,7 @@ class LDMTrainer(Trainer):
     def validate(self) -> dict[str, float]:
         """Diffusion loss on centre crops of the validation latents (fixed noise and timesteps per image, all
         ranks) and, on rank 0, decoded samples per class at full image size from fixed noise."""
-        model = self.sampling_unet.eval()
+        model = self.sampling_network.eval()
         crop = self.cfg.ldm_train.latent_patch_size
         sums = torch.zeros(2, dtype=torch.float64, device=self.dist.device)
         for i in range(self.dist.rank, len(self.val_latents), self.dist.world_size):
@@ -308,15 +258,12 @@ class LDMTrainer(Trainer):
             sums += torch.tensor([self.diffusion_loss(model, z, label, noise, timesteps).item(), 1.0], dtype=torch.float64,
                                  device=sums.device)
         all_reduce_sum(sums)
-        metrics = {"val_loss": sums[0].item() / sums[1].item()} if sums[1] > 0 else {}
+        metrics = {"loss": sums[0].item() / sums[1].item()} if sums[1] > 0 else {}
         if self.dist.is_main and self.writer is not None:
-            if metrics:
-                self.writer.add_scalar("val/loss", metrics["val_loss"], self.global_step)
             samples = self.samples()
             for name, images in samples.items():
                 self.writer.add_image(f"val/samples_{name}", comparison_grid([images]), self.global_step)
             metrics["nearest_train_distance"] = self.nearest_train_distance(torch.cat(list(samples.values())))
-            self.writer.add_scalar("val/nearest_train_distance", metrics["nearest_train_distance"], self.global_step)
         self.unet.train()
         return metrics
 
@@ -339,7 +286,7 @@ class LDMTrainer(Trainer):
         out = {}
         for name in self.cfg.classes if self.cfg.conditional else ("all",):
             labels = [CLASS_INDEX[name]] * count if self.cfg.conditional else None
-            out[name] = generate_images(self.sampling_unet.eval(), self.autoencoder, self.tiling, self.stats.scale_factor,
+            out[name] = generate_images(self.sampling_network.eval(), self.autoencoder, self.tiling, self.stats.scale_factor,
                                         noise, self.stats.image_shape, t.scheduler, sampler, t.num_train_timesteps,
                                         t.num_inference_steps, labels, t.guidance_scale,
                                         torch.Generator().manual_seed(self.cfg.seed), self.precision.autocast)

@@ -14,11 +14,11 @@ from medgen.config import VAEConfig
 from medgen.data.datasets import build_dataset, make_val_loader, shard
 from medgen.data.transforms import deterministic_transforms
 from medgen.data.whole import model_input, to_image_shape
-from medgen.losses.vae import adversarial_loss, build_perceptual_loss, kl_loss, reconstruction_loss
+from medgen.losses.vae import adversarial_loss, build_perceptual_loss, kl_loss, missing_perceptual_weights, reconstruction_loss
 from medgen.metrics import psnr, ssim
 from medgen.models.autoencoder import build_autoencoder, build_discriminator
 from medgen.models.tiled import tiled_decode, tiled_encode, tiling_for
-from medgen.training.base import Trainer, adam, lr_scheduler, wrap_ddp
+from medgen.training.base import Trainer, wrap_ddp
 from medgen.training.distributed import all_gather_objects, all_reduce_sum
 from medgen.training.images import comparison_grid, fit
 
@@ -32,7 +32,7 @@ class VAETrainer(Trainer):
     name = "vae"
     method_name = "VAE-GAN"
     config_cls = VAEConfig
-    section = "autoencoder_train"
+    command_help = "train the AutoencoderKL (VAE-GAN; same as scripts/train_vae.py)"
     example_config, example_set = "vae_config.json", "autoencoder_train.lr=1e-5"
     resume_keys = ("autoencoder_def",)
     best_metric = "psnr"
@@ -40,6 +40,14 @@ class VAETrainer(Trainer):
     @staticmethod
     def data_patch_size(cfg: VAEConfig) -> tuple[int, ...]:
         return tuple(cfg.autoencoder_train.patch_size)
+
+    @classmethod
+    def pretrained_networks(cls, cfg: VAEConfig) -> list[tuple[str, str | None]]:
+        t = cfg.autoencoder_train
+        if t.perceptual_weight <= 0:
+            return []
+        problem = missing_perceptual_weights(t)
+        return [(f"perceptual network {t.perceptual_network}", problem and f"{problem}; see `medgen weights list`")]
 
     def build(self) -> None:
         cfg, t, dev = self.cfg, self.cfg.autoencoder_train, self.dist.device
@@ -54,16 +62,10 @@ class VAETrainer(Trainer):
         self.recon_loss = reconstruction_loss(t.recon_loss)
         self.adv_loss = adversarial_loss()
 
-        self.lr_g = self.scaled_lr(t.lr)
-        self.lr_d = self.scaled_lr(t.disc_lr if t.disc_lr is not None else t.lr)
-        self.effective_lr = {"generator": self.lr_g, "discriminator": self.lr_d}
-        self.opt_g = adam(self.autoencoder.parameters(), self.lr_g, t.betas, t.weight_decay)
-        self.opt_d = adam(self.discriminator.parameters(), self.lr_d, t.betas, t.weight_decay)
-        self.sched_g, self.sched_d = (lr_scheduler(o, t.lr_scheduler, t.max_epochs) for o in (self.opt_g, self.opt_d))
-        self.scaler_g, self.scaler_d = self.precision.scaler(), self.precision.scaler()
-        self.track(autoencoder=self.autoencoder, discriminator=self.discriminator, opt_g=self.opt_g, opt_d=self.opt_d,
-                   sched_g=self.sched_g, sched_d=self.sched_d, scaler_g=self.scaler_g, scaler_d=self.scaler_d)
-        self.log_lr(generator=self.opt_g, discriminator=self.opt_d)
+        self.track(autoencoder=self.autoencoder, discriminator=self.discriminator)
+        self.opt_g, _, self.scaler_g = self.build_optimizer("generator", self.autoencoder, t.lr, "_g")
+        self.opt_d, _, self.scaler_d = self.build_optimizer("discriminator", self.discriminator,
+                                                            t.disc_lr if t.disc_lr is not None else t.lr, "_d")
 
         self.ae_ddp = wrap_ddp(self.autoencoder, self.dist)
         self.disc_ddp = wrap_ddp(self.discriminator, self.dist)
@@ -100,7 +102,6 @@ class VAETrainer(Trainer):
                 logits_fake = self.discriminator(recon)[-1]
                 l_adv = self.adv_loss(logits_fake.float(), target_is_real=True, for_discriminator=False)
                 loss_g = loss_g + t.adv_weight * l_adv
-        self.opt_g.zero_grad(set_to_none=True)
         self.optimizer_step(loss_g, self.opt_g, self.scaler_g, self.autoencoder, t.grad_clip)
 
         l_real = l_fake = zero
@@ -113,7 +114,6 @@ class VAETrainer(Trainer):
                 l_real = self.adv_loss(real, target_is_real=True, for_discriminator=True)
                 l_fake = self.adv_loss(fake, target_is_real=False, for_discriminator=True)
                 loss_d = t.adv_weight * 0.5 * (l_real + l_fake)
-            self.opt_d.zero_grad(set_to_none=True)
             self.optimizer_step(loss_d, self.opt_d, self.scaler_d, self.discriminator, t.grad_clip)
         losses = dict(recon=l_rec, kl=l_kl, perceptual=l_p, gen_adv=l_adv, disc_real=l_real, disc_fake=l_fake)
         return {k: v.detach() for k, v in losses.items()}
@@ -148,16 +148,12 @@ class VAETrainer(Trainer):
         pairs = [p for g in all_gather_objects(shown) if g for p in g][: self.cfg.num_val_images]
         self.autoencoder.train()
         n = max(sums[3].item(), 1.0)
-        metrics = {"psnr": sums[0].item() / n, "ssim": sums[1].item() / n, "l1": sums[2].item() / n, "count": int(sums[3].item())}
+        metrics = {"psnr": sums[0].item() / n, "ssim": sums[1].item() / n, "l1": sums[2].item() / n}
         if self.cfg.val_full_images:
             metrics.update(full_psnr=sums[4].item() / len(self.val_items), full_ssim=sums[5].item() / len(self.val_items))
-        if self.dist.is_main and self.writer is not None:
-            for k in ("psnr", "ssim", "l1", "full_psnr", "full_ssim"):
-                if k in metrics:
-                    self.writer.add_scalar(f"val/{k}", metrics[k], self.global_step)
-            if pairs:
-                grid = comparison_grid([[p[0] for p in pairs], [p[1] for p in pairs]])
-                self.writer.add_image("val/input_vs_reconstruction", grid, self.global_step)
+        if self.dist.is_main and self.writer is not None and pairs:
+            grid = comparison_grid([[p[0] for p in pairs], [p[1] for p in pairs]])
+            self.writer.add_image("val/input_vs_reconstruction", grid, self.global_step)
         return metrics
 
     def _validate_whole(self, sums: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -13,8 +13,6 @@ from __future__ import annotations
 import logging
 
 import torch
-from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from medgen.config import ConfigError
 from medgen.config.wgan import WGANConfig
@@ -29,7 +27,7 @@ from medgen.losses.adversarial import (
 )
 from medgen.metrics import FeatureExtractor, feature_network_problem, fid, histogram_intersection, histogram_wasserstein, kid, ssim_diversity
 from medgen.models.wgan import build_critic, build_generator
-from medgen.training.base import Trainer, adam, lr_scheduler, wrap_ddp
+from medgen.training.base import Trainer, wrap_ddp
 
 log = logging.getLogger("medgen.train")
 
@@ -63,13 +61,18 @@ class WGANTrainer(Trainer):
 
     name = "wgan"
     config_cls = WGANConfig
-    section = "wgan_train"
+    command_help = "train a WGAN-GP or GAN (same as scripts/train_wgan.py)"
     example_config, example_set = "wgan_config.json", "wgan_train.n_critic=5"
     resume_keys = ("generator", "critic", "wgan_train.image_size")
 
     @staticmethod
     def data_patch_size(cfg: WGANConfig) -> tuple[int, ...]:
         return tuple(cfg.patch_size)
+
+    @classmethod
+    def pretrained_networks(cls, cfg: WGANConfig) -> list[tuple[str, str | None]]:
+        features = cfg.wgan_train.fid_feature_weights
+        return [(f"FID/KID feature network {features}", feature_network_problem(features))] if features else []
 
     def build(self) -> None:
         cfg, t, dev = self.cfg, self.cfg.wgan_train, self.dist.device
@@ -83,24 +86,12 @@ class WGANTrainer(Trainer):
             self.critic = build_critic(cfg.critic.network_section(), t.image_size).to(dev)
         except (ValueError, TypeError) as e:  # e.g. a decoder backbone key the decoder does not know
             raise ConfigError(str(e)) from None
-        # EMA of the generator (buffers too: the BatchNorm running statistics must match the averaged weights)
-        self.ema = None
-        if t.ema_decay is not None:
-            self.ema = AveragedModel(self.generator, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True)
-
-        self.lr_g, self.lr_d = self.scaled_lr(t.lr_generator), self.scaled_lr(t.lr_discriminator)
-        self.effective_lr = {"generator": self.lr_g, "discriminator": self.lr_d}
+        self.track(generator=self.generator, critic=self.critic)
         # only trainable parameters: a ProgressiveDecoder backbone's own latent is frozen
-        self.opt_g = adam(self.generator.parameters(), self.lr_g, t.betas)
-        self.opt_d = adam(self.critic.parameters(), self.lr_d, t.betas)
-        self.sched_g, self.sched_d = (lr_scheduler(o, t.lr_scheduler, t.max_epochs, t.T_0, t.T_mult) for o in (self.opt_g, self.opt_d))
-        self.scaler_g, self.scaler_d = self.precision.scaler(), self.precision.scaler()
-        self.track(generator=self.generator, critic=self.critic, opt_g=self.opt_g, opt_d=self.opt_d,
-                   sched_g=self.sched_g, sched_d=self.sched_d, scaler_g=self.scaler_g, scaler_d=self.scaler_d)
-        if self.ema is not None:
-            self.track(ema=self.ema)
+        self.opt_g, _, self.scaler_g = self.build_optimizer("generator", self.generator, t.lr_generator, "_g")
+        self.opt_d, _, self.scaler_d = self.build_optimizer("discriminator", self.critic, t.lr_discriminator, "_d")
+        self.build_ema(self.generator, t.ema_decay)
         self.counters["generator_steps"] = 0
-        self.log_lr(generator=self.opt_g, discriminator=self.opt_d)
 
         self.g_ddp = wrap_ddp(self.generator, self.dist)
         # The gradient penalty's double backward goes through this wrapper, so its parameter gradients are
@@ -111,11 +102,6 @@ class WGANTrainer(Trainer):
         self._real_eval: torch.Tensor | None = None  # held-out real images in [0, 1], loaded at first validation
         self._real_stats: dict[str, torch.Tensor] = {}
         self._features: FeatureExtractor | None = None
-
-    @property
-    def sampling_generator(self) -> nn.Module:
-        """The generator used for samples and metrics: the EMA copy when ``ema_decay`` is set."""
-        return self.ema.module if self.ema is not None else self.generator
 
     def critic_terms(self) -> dict[str, str]:
         return CRITIC_TERMS[self.method]
@@ -169,7 +155,6 @@ class WGANTrainer(Trainer):
         else:
             loss = gan_d_loss(t.gan_loss, real_s, fake_s)
             terms = dict(discriminator=loss, real_logit=real_s.mean(), fake_logit=fake_s.mean())
-        self.opt_d.zero_grad(set_to_none=True)
         self.optimizer_step(loss, self.opt_d, self.scaler_d, self.critic, t.grad_clip)
         return {k: v.detach() for k, v in terms.items()}
 
@@ -194,21 +179,18 @@ class WGANTrainer(Trainer):
                 scores = scores.float()
                 l_adv = wgan_generator_loss(scores) if self.method == "wgan_gp" else gan_g_loss(t.gan_loss, scores)
                 loss = l_adv + fm_weight * l_fm
-            self.opt_g.zero_grad(set_to_none=True)
             self.optimizer_step(loss, self.opt_g, self.scaler_g, self.generator, t.grad_clip)
         finally:
             self.critic.requires_grad_(True)
-        if self.ema is not None:
-            self.ema.update_parameters(self.generator)
         self.counters["generator_steps"] += 1
         return dict(generator=loss.detach(), generator_adv=l_adv.detach(), feature_matching=l_fm.detach())
 
     # ------------------------------------------------------------------ validation (rank 0)
     @torch.no_grad()
     def sample(self, noise: torch.Tensor) -> torch.Tensor:
-        """Images in [0, 1] (N, 1, S, S) from ``noise`` (N, z_dim) with :attr:`sampling_generator` in eval mode,
+        """Images in [0, 1] (N, 1, S, S) from ``noise`` (N, z_dim) with :attr:`sampling_network` in eval mode,
         ``batch_size`` at a time."""
-        gen, dev = self.sampling_generator, self.dist.device
+        gen, dev = self.sampling_network, self.dist.device
         was_training = gen.training
         gen.eval()
         try:
@@ -277,7 +259,4 @@ class WGANTrainer(Trainer):
             metrics["ssim_diversity_real"] = float(self._real_stats["ssim_diversity"])
             metrics["hist_wasserstein"] = float(histogram_wasserstein(real, fake))
             metrics["hist_intersection"] = float(histogram_intersection(real, fake))
-        if self.writer is not None:
-            for k, v in metrics.items():
-                self.writer.add_scalar(f"val/{k}", v, self.global_step)
         return metrics
