@@ -49,7 +49,7 @@ import numpy as np
 from medgen.data.transforms import DecodedImage
 from medgen.io.discovery import item_signature
 from medgen.io.files import atomic_path
-from medgen.io.reader import ImageReadError, Pixels
+from medgen.io.image import ImageReadError, Pixels
 
 log = logging.getLogger("medgen.data")
 
@@ -115,7 +115,7 @@ class FileRows:
         shape: ``(rows, cols)``.
 
     The file is opened for each read (no memory map: a file truncated while training runs gives an
-    :class:`~medgen.io.reader.ImageReadError`, not a SIGBUS) and read without read-ahead, so with a cold page
+    :class:`~medgen.io.image.ImageReadError`, not a SIGBUS) and read without read-ahead, so with a cold page
     cache a patch costs the pages of its rows and no more.
     """
 

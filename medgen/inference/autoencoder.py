@@ -225,7 +225,7 @@ def find_inputs(source: str | Path) -> list[InputItem]:
 
 # ------------------------------------------------------------------------------------------- reconstruct
 def _write(y: torch.Tensor, item: InputItem, output_dir: Path, fmt: str, spacing: Sequence[float]) -> Path:
-    from medgen.io.reader import image_kind
+    from medgen.io.discovery import image_kind
     from medgen.io.writer import write_image
 
     out = output_dir / f"{item.name}{FORMATS[fmt]}"
