@@ -105,7 +105,7 @@ from medgen.data.cache import DiskImageCache, read_layout
 from medgen.data.datasets import build_dataset, make_train_loader
 from medgen.data.transforms import decode
 from medgen.io.discovery import item_signature
-from medgen.io.reader import find_images
+from medgen.io.discovery import find_images
 
 ROOT = Path(__file__).resolve().parents[1]
 # Shipped with the pydicom wheel (see the module docstring): get_testdata_file finds them without a download.

@@ -10,6 +10,7 @@ from monai.networks.blocks import SubpixelUpsample
 from monai.networks.blocks.spatialattention import SpatialAttentionBlock
 from torch import nn
 
+from medgen.config import ConfigError
 from medgen.models import ConvDecoder, ConvDecoderConfig
 
 BASE = dict(latent_dim=8, hidden_dims=(16, 8))
@@ -202,9 +203,9 @@ def test_attention_only_where_asked_and_error_for_unknown_resolution():
     assert [max(s) for s in model.stage_sizes] == [8, 16, 32]
     assert has_attn == [True, False, True]
     assert model.stages[0].attn.attn.num_heads == 4
-    with pytest.raises(ValueError, match=r"match no stage.*\[8, 16, 32\]"):
+    with pytest.raises(ConfigError, match=r"attention_resolutions=\[12\]: \[12\] match no stage.*\[8, 16, 32\]"):
         ConvDecoder(latent_dim=8, hidden_dims=(16, 16, 8), output_size=32, attention_resolutions=(12,))
-    with pytest.raises(ValueError, match="attention_heads"):
+    with pytest.raises(ConfigError, match="attention_heads=3 must divide the 8 channels"):
         ConvDecoder(
             latent_dim=8, hidden_dims=(16, 16, 8), output_size=32, attention_resolutions=(32,), attention_heads=3
         )
@@ -305,8 +306,11 @@ def test_config_json_round_trip(tmp_path):
 def test_config_accepts_use_batch_norm_and_rejects_unknown_keys():
     assert ConvDecoderConfig.from_dict({"use_batch_norm": False}).norm == "none"
     assert ConvDecoderConfig.from_dict({"use_batch_norm": True}).norm == "batch"
-    with pytest.raises(ValueError, match=r"unknown key\(s\) \['hiden_dims'\]"):
+    with pytest.raises(ConfigError, match="unknown config key hiden_dims; did you mean hidden_dims"):
         ConvDecoder.from_config({"hiden_dims": [8]})
+    # inside a larger config the key is named where it sits
+    with pytest.raises(ConfigError, match=r"^generator.backbone.dropout_rate=1.0 must be in \[0, 1\)$"):
+        ConvDecoderConfig.from_dict({"dropout_rate": 1.0}, prefix="generator.backbone.")
 
 
 @pytest.mark.parametrize(
@@ -323,7 +327,7 @@ def test_config_accepts_use_batch_norm_and_rejects_unknown_keys():
     ],
 )
 def test_invalid_config_names_the_key(kwargs, key):
-    with pytest.raises(ValueError, match=key):
+    with pytest.raises(ConfigError, match=f"^{key}="):
         ConvDecoder(**{**BASE, "output_size": 16, **kwargs})
 
 

@@ -21,9 +21,9 @@ from medgen.data.cache import PAGE, ChunkedValues, DiskImageCache, FileRows
 from medgen.data.check import scan_files
 from medgen.data.datasets import build_dataset, make_train_loader
 from medgen.data.demo import write_demo_dataset
-from medgen.io.discovery import item_signature
 from medgen.data.transforms import DecodedImage
-from medgen.io.reader import ImageReadError, Pixels, find_images
+from medgen.io.discovery import find_images, item_signature
+from medgen.io.image import ImageReadError, Pixels
 
 SETS_3D = [*TINY, "spatial_dims=3", "autoencoder_def.spatial_dims=3", "autoencoder_train.patch_size=[16,16,16]",
            "cache=disk", "data_source=edente"]

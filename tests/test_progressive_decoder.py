@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from medgen.config import ConfigError
 from medgen.models import CropPad, ProgressiveDecoder
 from medgen.models.progressive_decoder import ProgressiveDecoderConfig
 
@@ -188,13 +189,17 @@ def test_non_power_of_two_output_is_cropped():
     ],
 )
 def test_invalid_arguments_raise_clear_errors(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         ProgressiveDecoder(**kwargs)
 
 
 def test_from_config_rejects_unknown_keys():
-    with pytest.raises(ValueError, match="unknown key 'latent_size'"):
+    with pytest.raises(ConfigError, match="unknown config key latent_size"):
         ProgressiveDecoder.from_config({"input_size": 64, "latent_size": 3})
+    with pytest.raises(ConfigError, match="config key input_size is required"):
+        ProgressiveDecoder.from_config({"output_size": 64})
+    with pytest.raises(ConfigError, match=r"^generator.backbone.input_size=96 must be a power of two"):
+        ProgressiveDecoderConfig.from_dict({"input_size": 96}, prefix="generator.backbone.")
 
 
 def test_from_config_json_round_trip_and_state_dict(tmp_path):

@@ -223,7 +223,8 @@ def test_without_the_extra_installed(tmp_path):
                     raise ImportError(name + " blocked")
         sys.meta_path.insert(0, Block())
         from PIL import features
-        from medgen.io.reader import ImageReadError, read_image
+        from medgen.io.image import ImageReadError
+        from medgen.io.reader import read_image
         out = {{"pillow_j2k": features.check_codec("jpg_2000")}}
         for name in {sorted(COMPRESSED)!r}:
             try:

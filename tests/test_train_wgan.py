@@ -93,7 +93,8 @@ def test_cli_reports_config_and_backbone_errors_in_one_line(demo2d, tmp_path, ca
             f"data_base_dir={demo2d}"]
     assert main([str(CONFIG), *[f"--set={s}" for s in sets]]) == 2
     err = capsys.readouterr().err.strip()
-    assert "unknown key(s) ['hiden_dims']" in err and "\n" not in err
+    assert err == ("medgen: config error: unknown config key generator.backbone.hiden_dims; "
+                   "did you mean generator.backbone.hidden_dims?")
 
 
 # ------------------------------------------------------------------------------------------------ the steps

@@ -184,15 +184,15 @@ def test_fetch_refuses_a_wrong_checksum_and_leaves_nothing(home, source, tmp_pat
 
 def test_fetch_interrupted_leaves_nothing(home, source, tmp_path, monkeypatch, capsys):
     _use_registry(tmp_path, monkeypatch, source)
-    original, last = weights._copy_hashing, str(len(weights.network(NAME).files) - 1)
+    original, last = torch.hub.download_url_to_file, str(len(weights.network(NAME).files) - 1)
 
-    def interrupted(src, dst, *args, **kwargs):
-        if dst.name == last:  # Ctrl-C amid the weights file, the code files downloaded already
-            dst.write_bytes(src.read(10))
+    def interrupted(url, dst, *args, **kwargs):
+        if Path(dst).name == last:  # Ctrl-C amid the weights file, the code files downloaded already
+            Path(dst).write_bytes(b"0123456789")
             raise KeyboardInterrupt
-        return original(src, dst, *args, **kwargs)
+        return original(url, dst, *args, **kwargs)
 
-    monkeypatch.setattr(weights, "_copy_hashing", interrupted)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", interrupted)
     assert main(["weights", "fetch", NAME]) == 130
     assert not home.exists()
 

@@ -11,7 +11,8 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from medgen.data.window import integer_values, percentile_window
-from medgen.io.reader import Pixels, read_image, read_pixels
+from medgen.io.image import Pixels
+from medgen.io.reader import read_image, read_pixels
 
 TEST_FILES = Path(get_testdata_file("CT_small.dcm")).parent  # only files shipped inside the pydicom wheel
 REAL = [

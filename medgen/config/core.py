@@ -97,8 +97,22 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
             close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
             hint = f"; did you mean {prefix}{close[0]}?" if close else f"; known keys: {', '.join(fields)}"
             raise ConfigError(f"unknown config key {prefix}{key}{hint}")
+    required = [name for name, f in fields.items()
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and name not in data]
+    if required:
+        raise ConfigError(f"config key {prefix}{required[0]} is required")
     kwargs = {name: _convert(data[name], hints[name], f"{prefix}{name}") for name in fields if name in data}
     return cls(**kwargs)
+
+
+def check_types(cfg: Any, prefix: str = "") -> None:
+    """Check every field of the dataclass instance ``cfg`` (built in code rather than by :func:`from_dict`) against
+    its annotation, as :func:`from_dict` checks JSON values; :class:`ConfigError` names the key. Nested config
+    sections are not checked here: their own ``validate`` does it."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        if not dataclasses.is_dataclass(hints[f.name]):
+            _convert(getattr(cfg, f.name), hints[f.name], f"{prefix}{f.name}")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -49,7 +49,7 @@ import numpy as np
 from medgen.data.transforms import DecodedImage
 from medgen.io.discovery import item_signature
 from medgen.io.files import atomic_path
-from medgen.io.reader import ImageReadError, Pixels
+from medgen.io.image import ImageReadError, Pixels
 
 log = logging.getLogger("medgen.data")
 
@@ -57,7 +57,7 @@ FORMAT = 5  # what an entry holds (5: chunked values, or the place of the values
 # folder name and the trailer, so no other is read
 PAGE = 4096  # the values start at this offset: whole chunks are whole pages
 CHUNK_VALUES = 4096  # values per chunk: 64x64 or 16^3, a whole number of pages for any value width
-WRITE_PIECE = 1 << 20  # bytes per write call: one 8 MB write() cost 7x the CPU of eight 1 MB ones on ext4 (kernel 6.18)
+WRITE_PIECE = 1 << 20  # bytes per write call: one 8 MB write() cost 7x the CPU of eight 1 MB ones on ext4
 WAITING_WRITES = 1  # decoded images a process keeps in memory for the writer beyond the one being written
 
 
@@ -115,7 +115,7 @@ class FileRows:
         shape: ``(rows, cols)``.
 
     The file is opened for each read (no memory map: a file truncated while training runs gives an
-    :class:`~medgen.io.reader.ImageReadError`, not a SIGBUS) and read without read-ahead, so with a cold page
+    :class:`~medgen.io.image.ImageReadError`, not a SIGBUS) and read without read-ahead, so with a cold page
     cache a patch costs the pages of its rows and no more.
     """
 

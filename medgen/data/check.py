@@ -3,7 +3,7 @@
 :func:`scan_files` reads every item with the real reader (:func:`medgen.io.reader.read_pixels`)
 and returns one :class:`FileReport` per item: usable (``status="ok"``) or not, with one reason code:
 
-- reader reasons (``medgen.io.reader.REASONS``): ``empty``, ``truncated``, ``not_dicom``,
+- reader reasons (``medgen.io.image.REASONS``): ``empty``, ``truncated``, ``not_dicom``,
   ``no_pixel_data``, ``unsupported_transfer_syntax``, ``undecodable``, ``unreadable``, ``multiple_series``,
   ``inconsistent_series``, ``unsupported_shape``;
 - data reasons (``DATA_REASONS``): ``wrong_dimensions``, ``too_small``, ``non_finite``, ``constant``,
@@ -31,7 +31,8 @@ import numpy as np
 
 from medgen.io.discovery import item_signature, relative_name
 from medgen.io.files import write_text_atomic
-from medgen.io.reader import REASONS, ImageReadError, read_pixels
+from medgen.io.image import REASONS, ImageReadError
+from medgen.io.reader import read_pixels
 
 __all__ = [
     "FileReport",
@@ -58,7 +59,7 @@ class FileReport:
     """The check result of one image item. ``path`` is relative to ``data_base_dir`` (POSIX separators).
 
     ``shape``/``spacing`` are spatial (no channel axis) as :func:`read_image` returns them; the other facts
-    come from :class:`medgen.io.reader.ImageInfo` and are None where the format has no such notion.
+    come from :class:`medgen.io.image.ImageInfo` and are None where the format has no such notion.
     """
 
     path: str

@@ -20,7 +20,7 @@ from medgen.data import cache as disk_cache
 from medgen.data.transforms import cached_train_transforms, cached_val_transforms, decode, train_transforms, val_transforms
 from medgen.errors import MedgenError
 from medgen.io.discovery import relative_name
-from medgen.io.reader import ImageReadError
+from medgen.io.image import ImageReadError
 
 log = logging.getLogger("medgen.data")
 

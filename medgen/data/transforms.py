@@ -37,7 +37,8 @@ from monai.transforms import (
 
 from medgen.config import RunConfig
 from medgen.data.window import integer_values, one_thread, percentile_window
-from medgen.io.reader import Pixels, read_pixels
+from medgen.io.image import Pixels
+from medgen.io.reader import read_pixels
 
 UNIT_RANGE = (0.0, 1.0)  # the window maps to this range (clipped)
 
@@ -176,7 +177,7 @@ class DecodedImage:
         spacing: the spacing of the spatial axes.
         values_offset: where ``pixels.values`` lie in the item's file, row after row, when they are the file's
             own bytes (an uncompressed single-frame DICOM image: see
-            :attr:`medgen.io.reader.ImageInfo.values_offset`); the cache then keeps this offset instead of a
+            :attr:`medgen.io.image.ImageInfo.values_offset`); the cache then keeps this offset instead of a
             copy. None otherwise.
     """
 

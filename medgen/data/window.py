@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from medgen.io.reader import Pixels
+from medgen.io.image import Pixels
 
 # Widest range of integer values counted (16M bins, 128 MB of counts); wider data is partitioned as numpy does.
 HISTOGRAM_SPAN = 1 << 24

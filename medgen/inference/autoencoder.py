@@ -225,7 +225,7 @@ def find_inputs(source: str | Path) -> list[InputItem]:
 
 # ------------------------------------------------------------------------------------------- reconstruct
 def _write(y: torch.Tensor, item: InputItem, output_dir: Path, fmt: str, spacing: Sequence[float]) -> Path:
-    from medgen.io.reader import image_kind
+    from medgen.io.discovery import image_kind
     from medgen.io.writer import write_image
 
     out = output_dir / f"{item.name}{FORMATS[fmt]}"
@@ -450,7 +450,7 @@ def decode_latents(
         f = downsample_factor(model)
         tile = record.get("tile_size")
         tiling = Tiling.of(np.asarray(tile).tolist(), np.asarray(record["overlap"]).tolist(), z.ndim - 1, f) if tile is not None \
-            else Tiling.of([s * f for s in z.shape[1:]], 0, z.ndim - 1, f)  # files of older versions: one tile
+            else Tiling.of([s * f for s in z.shape[1:]], 0, z.ndim - 1, f)  # no tile_size recorded: one tile
     y = tiled_decode(model, z[None], tiling)[0].cpu()
     shape = [int(s) for s in np.asarray(record["image_shape"]).tolist()]
     return _to_image_shape(y, shape, str(np.asarray(record["patch_mode"]))).clamp(0.0, 1.0)

@@ -8,6 +8,8 @@ DICOM series folder (one volume), ``label`` the class folder it came from (``ede
   file) into items plus the folder they are named relative to. ``check-data``, training, ``reconstruct``,
   ``encode`` and the bundles all go through these two, so one config or folder means the same images
   everywhere; relative paths in a config resolve as :func:`medgen.config.load_config` says.
+- :func:`find_images` lists the image items under a folder (files, and DICOM series folders as one volume
+  each); :func:`image_kind` says which reader :func:`medgen.io.read_image` uses for a path.
 - :func:`item_signature` is the change stamp of an item (every file of a series), shared by the decoded-image
   cache and the data-check cache.
 """
@@ -17,17 +19,120 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from medgen.config import ConfigError, RunConfig, load_config
-from medgen.io.reader import find_images
+from medgen.errors import MissingInputError
 
 CLASS_FOLDERS = ("edente", "dente")  # jaws without teeth, with teeth
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+# Sidecar/document files that live next to images and are never images themselves: find_images ignores them.
+IGNORED_SUFFIXES = frozenset(
+    ".txt .json .csv .tsv .md .rst .xml .html .htm .pdf .log .yaml .yml .ini .cfg .doc .docx .xls .xlsx "
+    ".py .sh .bat .db .sqlite .pkl .pt .pth .ckpt".split()
+)
+# Files without ImagePositionPatient count as slices of a volume only for these modalities (CBCT is "CT"):
+# same-sized files of one DX/IO/PX/NM... series are separate 2D images (e.g. an intra-oral full-mouth series).
+VOLUME_MODALITIES = frozenset({"CT", "MR", "PT"})
+_SERIES_SAMPLE = 32  # files whose headers find_images reads to decide whether a folder is one volume
+
+
+def image_kind(path: str | os.PathLike) -> str:
+    """The reader :func:`medgen.io.read_image` uses for ``path``: "dicom_series" (a folder), "nifti", "image"
+    (PNG/JPEG/TIFF) or "dicom" (any other file: DICOM files often have no suffix)."""
+    path = Path(path)
+    if path.is_dir():
+        return "dicom_series"
+    name = path.name.lower()
+    if name.endswith(NIFTI_SUFFIXES):
+        return "nifti"
+    if name.endswith(PIL_SUFFIXES):
+        return "image"
+    return "dicom"
+
+
+def find_images(folder: str | os.PathLike) -> list[Path]:
+    """The image items under ``folder``, sorted.
+
+    An item is a file of a known kind (NIfTI, PNG/JPEG/TIFF, or a possible DICOM file: ``.dcm``, no
+    suffix, or any suffix not in ``IGNORED_SUFFIXES``), or a folder whose DICOM files are mostly slices of
+    volume series (two or more single-frame, same-sized images of one series, with ImagePositionPatient
+    or of modality CT/MR/PT, so not DX/IO/PX images): that folder is ONE item and its DICOM files are not
+    listed (read_image then reports a folder holding several series). Hidden files and folders are
+    skipped. Files that are not readable images are still listed (check-data reports why).
+    Works for ``data_base_dir/{edente,dente}/...`` with one file per 2D image or one folder per volume.
+
+    Args:
+        folder: root of the tree to scan.
+
+    Returns:
+        paths of the items, files and series folders alike.
+
+    Raises:
+        FileNotFoundError: ``folder`` does not exist or is not a folder.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MissingInputError(f"{folder}: no such folder (expected a folder of images)")
+    items: list[Path] = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        root_path = Path(root)
+        candidates = [root_path / f for f in sorted(files) if is_candidate(f)]
+        dicom_like = [p for p in candidates if image_kind(p) == "dicom"]
+        if len(dicom_like) >= 2 and _is_volume_series_folder(dicom_like):
+            items.append(root_path)
+            candidates = [p for p in candidates if p not in set(dicom_like)]
+        items.extend(candidates)
+    return sorted(items)
+
+
+def is_candidate(name: str) -> bool:
+    """True when a file called ``name`` may be an image item: not hidden, and a known image suffix, ``.dcm``, no
+    suffix or any suffix not in ``IGNORED_SUFFIXES``."""
+    if name.startswith("."):
+        return False
+    lower = name.lower()
+    if lower.endswith(NIFTI_SUFFIXES + PIL_SUFFIXES):
+        return True
+    return Path(lower).suffix not in IGNORED_SUFFIXES
+
+
+def _is_volume_series_folder(files: Sequence[Path]) -> bool:
+    """True when most of ``files`` are slices of volume series: >= 2 same-sized single-frame images of one
+    series that have ImagePositionPatient or a volume modality (CT, MR, PT) (see find_images)."""
+    import pydicom
+
+    if len(files) > _SERIES_SAMPLE:
+        # Headers cost ~0.5 ms each: decide on an evenly spaced sample (read_image checks the whole folder later).
+        step = len(files) / _SERIES_SAMPLE
+        files = [files[int(i * step)] for i in range(_SERIES_SAMPLE)]
+    groups: dict[Any, list[tuple[int, int]]] = {}
+    tags = ["SeriesInstanceUID", "NumberOfFrames", "Rows", "Columns", "Modality", "ImagePositionPatient"]
+    for path in files:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=tags)
+        except Exception:  # not DICOM / broken: it stays a file item and check-data reports it
+            continue
+        if "Rows" not in ds or int(ds.get("NumberOfFrames", 1) or 1) > 1:
+            continue
+        if "ImagePositionPatient" not in ds and ds.get("Modality") not in VOLUME_MODALITIES:
+            continue
+        groups.setdefault(ds.get("SeriesInstanceUID"), []).append((int(ds.Rows), int(ds.Columns)))
+    # Volume slices must be the bulk of the folder: a few same-series files among many separate images stay files.
+    in_volumes = sum(len(v) for v in groups.values() if len(v) >= 2 and len(set(v)) == 1)
+    return in_volumes * 2 > len(files)
 
 
 def images_in(folder: str | os.PathLike, label: str | None) -> list[dict]:
-    """Every image item under ``folder`` (see :func:`medgen.io.reader.find_images`), labelled ``label``."""
+    """Every image item under ``folder`` (see :func:`find_images`), labelled ``label``."""
     return [{"image": str(p), "label": label} for p in find_images(folder)]
 
 

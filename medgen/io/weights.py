@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import io
 import json
 import os
 import shutil
+import socket
 import tarfile
 import tempfile
-import urllib.request
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -240,30 +241,21 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def _copy_hashing(src, dst: Path, total: int | None = None, progress: str | None = None) -> str:
-    """Copy the binary stream ``src`` into the new file ``dst``; returns its SHA-256."""
-    from tqdm import tqdm
+def _download(url: str, dst: Path, progress: bool = False) -> None:
+    """``url`` (https, http or file) into ``dst`` by torch hub's downloader, which writes a ``.partial`` file beside
+    ``dst`` and removes it when the download fails or is interrupted."""
+    from torch.hub import download_url_to_file
 
-    h = hashlib.sha256()
-    with open(dst, "wb") as out, tqdm(total=total, unit="B", unit_scale=True, desc=progress, disable=progress is None,
-                                      leave=False) as bar:
-        while chunk := src.read(1 << 20):
-            h.update(chunk)
-            out.write(chunk)
-            bar.update(len(chunk))
-    return h.hexdigest()
-
-
-def _download(url: str, dst: Path, progress: str | None = None) -> str:
-    """``url`` (https, http or file) into ``dst``; returns the SHA-256 of what arrived."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(60)  # download_url_to_file takes no timeout: a stalled server fails instead of hanging
     try:
-        with urllib.request.urlopen(url, timeout=60) as response:
-            length = response.headers.get("Content-Length")
-            return _copy_hashing(response, dst, int(length) if length else None, progress)
-    except OSError as e:  # URLError, HTTPError, timeouts, a refused connection
+        download_url_to_file(url, str(dst), progress=progress)
+    except (OSError, http.client.HTTPException) as e:  # URLError, HTTPError, timeouts, a refused or cut connection
         raise WeightsError(f"downloading {url} failed ({getattr(e, 'reason', None) or e}); nothing was written. "
                            "`medgen weights fetch` needs internet access; on an offline machine use "
                            "`medgen weights import ARCHIVE`") from None
+    finally:
+        socket.setdefaulttimeout(previous)
 
 
 @contextlib.contextmanager
@@ -321,7 +313,8 @@ def fetch(name: str, home: str | os.PathLike | None = None, unverified: bool = F
             if target.is_file() and (wf.sha256 is None or wf.matches(sha256_file(target))):
                 continue
             tmp = stage / str(i)
-            digest = _download(wf.url, tmp, Path(wf.path).name if progress else None)
+            _download(wf.url, tmp, progress)
+            digest = sha256_file(tmp)
             if wf.sha256 is not None and not wf.matches(digest):
                 raise _mismatch(f"the download of {wf.url}", digest, wf, name,
                                 "nothing was written; the source changed or the download was damaged, so try again "
@@ -425,7 +418,9 @@ def import_archive(archive: str | os.PathLike, home: str | os.PathLike | None = 
                                            f"{', '.join(names)}; {redo}")
                     seen.add(member.name)
                     tmp = stage / str(len(todo))
-                    digest = _copy_hashing(tar.extractfile(member), tmp)
+                    with tar.extractfile(member) as src, open(tmp, "wb") as out:
+                        shutil.copyfileobj(src, out)
+                    digest = sha256_file(tmp)
                     if digest != listed[member.name]["sha256"]:
                         raise WeightsError(f"{member.name} in {archive} has SHA-256 {digest}, not the "
                                            f"{listed[member.name]['sha256']} it had when exported: the archive is damaged; {redo}")

@@ -20,13 +20,13 @@ Data flow (``D = spatial_dims``)::
 
 from __future__ import annotations
 
-import dataclasses
+import json
 import math
 import os
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +37,7 @@ from monai.networks.utils import icnr_init
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
-from medgen.config.core import JsonConfig
+from medgen.config.core import ConfigError, JsonConfig, check_types, from_dict
 from medgen.models.layers import CropPad
 
 __all__ = ["ConvDecoder", "ConvDecoderConfig"]
@@ -52,7 +52,7 @@ def _as_tuple(value: int | Sequence[int], n: int, key: str) -> tuple[int, ...]:
         return (value,) * n
     out = tuple(int(v) for v in value)
     if len(out) != n:
-        raise ValueError(f"ConvDecoder config: {key}={list(out)} needs {n} entries (spatial_dims={n}) or a single int.")
+        raise ConfigError(f"{key}={list(out)} needs {n} entries (spatial_dims={n}) or a single integer")
     return out
 
 
@@ -105,19 +105,19 @@ class ConvDecoderConfig(JsonConfig):
     hidden_dims: tuple[int, ...] = (256, 128, 64, 32)
     output_size: int | tuple[int, ...] = 64
     output_channels: int = 1
-    spatial_dims: int = 2
+    spatial_dims: Literal[2, 3] = 2
     init_size: int | tuple[int, ...] | None = None
-    activation: str | tuple = "relu"
-    final_activation: str = "sigmoid"
+    activation: str | tuple[Any, ...] = "relu"
+    final_activation: Literal[FINAL_ACTIVATIONS] = "sigmoid"
     dropout_rate: float = 0.0
     kernel_size: int = 3
     stride: int = 2
     padding: int | None = None
     dilation: int = 1
     bias: bool = True
-    norm: str = "batch"
+    norm: Literal[NORMS] = "batch"
     norm_num_groups: int = 8
-    upsample: str = "transpose"
+    upsample: Literal[UPSAMPLES] = "transpose"
     num_res_blocks: int = 0
     skip_connections: bool = False
     num_dense_layers: int = 0
@@ -140,63 +140,111 @@ class ConvDecoderConfig(JsonConfig):
         self.attention_resolutions = tuple(int(r) for r in self.attention_resolutions)
         if self.final_activation is None:
             self.final_activation = "none"
-        self.validate()
 
-    def validate(self) -> None:
-        """Raise ``ValueError`` naming the offending key when a setting is invalid."""
+    def validate(self, prefix: str = "") -> None:
+        """Raise :class:`~medgen.config.ConfigError` naming the key (after ``prefix``) when a setting is invalid,
+        including the ones only the built network shows (stage sizes, attention placement)."""
+        check_types(self, prefix)
 
         def need(cond: bool, key: str, rule: str) -> None:
             if not cond:
-                raise ValueError(f"ConvDecoder config: {key}={getattr(self, key)!r} is invalid: {rule}.")
+                raise ConfigError(f"{prefix}{key}={json.dumps(getattr(self, key))} {rule}")
 
-        need(self.spatial_dims in (2, 3), "spatial_dims", "use 2 (images) or 3 (volumes)")
-        need(self.latent_dim >= 1, "latent_dim", "must be >= 1")
-        need(
-            len(self.hidden_dims) >= 1 and min(self.hidden_dims) >= 1,
-            "hidden_dims",
-            "need at least one entry, all >= 1",
-        )
-        need(min(_as_tuple(self.output_size, self.spatial_dims, "output_size")) >= 1, "output_size", "must be >= 1")
+        need(self.latent_dim >= 1, "latent_dim", "must be at least 1")
+        need(len(self.hidden_dims) >= 1 and min(self.hidden_dims) >= 1, "hidden_dims",
+             "needs at least one entry, all at least 1")
+        dims = self.spatial_dims
+        need(min(_as_tuple(self.output_size, dims, f"{prefix}output_size")) >= 1, "output_size", "must be at least 1")
         if self.init_size is not None:
-            need(
-                min(_as_tuple(self.init_size, self.spatial_dims, "init_size")) >= 1, "init_size", "must be >= 1 or null"
-            )
-        need(self.output_channels >= 1, "output_channels", "must be >= 1")
-        need(self.final_activation in FINAL_ACTIVATIONS, "final_activation", f"use one of {FINAL_ACTIVATIONS}")
+            need(min(_as_tuple(self.init_size, dims, f"{prefix}init_size")) >= 1, "init_size",
+                 "must be at least 1, or null")
+        need(self.output_channels >= 1, "output_channels", "must be at least 1")
         need(0.0 <= self.dropout_rate < 1.0, "dropout_rate", "must be in [0, 1)")
-        need(self.kernel_size >= 1, "kernel_size", "must be >= 1")
-        need(self.stride >= 1, "stride", "must be >= 1")
-        need(self.padding is None or self.padding >= 0, "padding", "must be >= 0 or null (size-preserving)")
-        need(self.dilation >= 1, "dilation", "must be >= 1")
-        need(self.norm in NORMS, "norm", f"use one of {NORMS}")
-        need(self.norm_num_groups >= 1, "norm_num_groups", "must be >= 1")
-        need(self.upsample in UPSAMPLES, "upsample", f"use one of {UPSAMPLES}")
-        need(self.num_res_blocks >= 0, "num_res_blocks", "must be >= 0")
-        need(self.num_dense_layers >= 0, "num_dense_layers", "must be >= 0")
-        need(self.dense_growth_rate is None or self.dense_growth_rate >= 1, "dense_growth_rate", "must be >= 1 or null")
-        need(self.attention_heads >= 1, "attention_heads", "must be >= 1")
+        need(self.kernel_size >= 1, "kernel_size", "must be at least 1")
+        need(self.stride >= 1, "stride", "must be at least 1")
+        need(self.padding is None or self.padding >= 0, "padding", "must be at least 0, or null (size-preserving)")
+        need(self.dilation >= 1, "dilation", "must be at least 1")
+        need(self.norm_num_groups >= 1, "norm_num_groups", "must be at least 1")
+        need(self.num_res_blocks >= 0, "num_res_blocks", "must not be negative")
+        need(self.num_dense_layers >= 0, "num_dense_layers", "must not be negative")
+        need(self.dense_growth_rate is None or self.dense_growth_rate >= 1, "dense_growth_rate",
+             "must be at least 1, or null")
+        need(self.attention_heads >= 1, "attention_heads", "must be at least 1")
         try:
             get_act_layer(self.activation)
         except (ValueError, KeyError, TypeError) as e:
-            raise ValueError(
-                f"ConvDecoder config: activation={self.activation!r} is not a MONAI activation "
-                f"(e.g. 'relu', 'leakyrelu', ['leakyrelu', {{'negative_slope': 0.2}}], 'gelu', 'swish'): {e}"
+            raise ConfigError(
+                f"{prefix}activation={json.dumps(self.activation)} is not a MONAI activation "
+                f"(e.g. \"relu\", \"leakyrelu\", [\"leakyrelu\", {{\"negative_slope\": 0.2}}], \"gelu\", \"swish\"): {e}"
             ) from None
+        resolutions = [max(s) for s in self.geometry(prefix)[2]]
+        missing = [r for r in self.attention_resolutions if r not in resolutions]
+        if missing:
+            raise ConfigError(
+                f"{prefix}attention_resolutions={list(self.attention_resolutions)}: {missing} match no stage; the "
+                f"stages' resolutions (largest spatial extent) are {resolutions}"
+            )
+        for channels, resolution in zip(self.hidden_dims, resolutions, strict=True):
+            if resolution in self.attention_resolutions and channels % self.attention_heads:
+                raise ConfigError(
+                    f"{prefix}attention_heads={self.attention_heads} must divide the {channels} channels of the stage "
+                    f"with attention at resolution {resolution}; change {prefix}attention_heads or {prefix}hidden_dims"
+                )
+
+    def geometry(self, prefix: str = "") -> tuple[tuple[int, ...], tuple[int, ...], list[tuple[int, ...]]]:
+        """``(output_size, init_size, stage_sizes)`` per axis: the exact output size, the size after the linear
+        projection (computed when ``init_size`` is null) and the size after each stage.
+
+        Raises:
+            ConfigError: no size works with these settings (the key named after ``prefix``).
+        """
+        dims = self.spatial_dims
+        output_size = _as_tuple(self.output_size, dims, f"{prefix}output_size")
+        if self.init_size is not None:
+            init_size = _as_tuple(self.init_size, dims, f"{prefix}init_size")
+        else:
+            init_size = tuple(self._auto_init_size(s, prefix) for s in output_size)
+        sizes, cur = [], init_size
+        for _ in self.hidden_dims:
+            cur = tuple(_stage_size(self, n) for n in cur)
+            if min(cur) < 1:
+                raise ConfigError(
+                    f"{prefix}kernel_size={self.kernel_size}, {prefix}padding={json.dumps(self.padding)} and "
+                    f"{prefix}dilation={self.dilation} shrink the feature map to nothing; set {prefix}padding=null "
+                    f"or a larger {prefix}init_size"
+                )
+            sizes.append(cur)
+        return output_size, init_size, sizes
+
+    def _auto_init_size(self, target: int, prefix: str) -> int:
+        def final(n: int) -> int:
+            for _ in self.hidden_dims:
+                n = _stage_size(self, n)
+            return n
+
+        for n in range(1, 4 * target + 64):
+            if final(n) >= target:
+                return n
+        raise ConfigError(
+            f"no {prefix}init_size reaches {prefix}output_size {target} with {prefix}stride={self.stride} and "
+            f"{prefix}padding={json.dumps(self.padding)}; set {prefix}init_size, or {prefix}padding=null"
+        )
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ConvDecoderConfig:
-        """Build from a dict; ``use_batch_norm`` (true/false) is accepted for ``norm`` ("batch"/"none")."""
+    def from_dict(cls, data: Mapping[str, Any], prefix: str = "") -> ConvDecoderConfig:
+        """Build from JSON data and validate it; ``use_batch_norm`` (true/false) is another name for ``norm``
+        ("batch"/"none"). Errors name the key after ``prefix`` (where the decoder's keys sit in a larger config)."""
         data = dict(data)
         if "use_batch_norm" in data:
+            flag = data.pop("use_batch_norm")
             if "norm" in data:
-                raise ValueError("ConvDecoder config: give either 'norm' or the older 'use_batch_norm', not both.")
-            data["norm"] = "batch" if data.pop("use_batch_norm") else "none"
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"ConvDecoder config: unknown key(s) {unknown}. Valid keys: {sorted(known)}.")
-        return cls(**data)
-
+                raise ConfigError(f"give either {prefix}norm or {prefix}use_batch_norm, not both")
+            if not isinstance(flag, bool):
+                raise ConfigError(f"{prefix}use_batch_norm={json.dumps(flag)} must be true or false")
+            data["norm"] = "batch" if flag else "none"
+        cfg = from_dict(cls, data, prefix)
+        cfg.validate(prefix)
+        return cfg
 
 
 # ---------------------------------------------------------------------------------------------- blocks
@@ -368,12 +416,7 @@ class _Stage(nn.Module):
                 _adn(cfg, c_out),
             )
         self.attn: nn.Module | None = None
-        if attention:
-            if c_out % cfg.attention_heads:
-                raise ValueError(
-                    f"ConvDecoder config: attention_heads={cfg.attention_heads} must divide the {c_out} channels of "
-                    f"the stage that has attention; change attention_heads or hidden_dims."
-                )
+        if attention:  # attention_heads divides c_out: checked by ConvDecoderConfig.validate
             self.attn = SpatialAttentionBlock(
                 dims,
                 c_out,
@@ -431,20 +474,8 @@ class ConvDecoder(nn.Module):
         cfg.validate()
         self.config = cfg
         dims = cfg.spatial_dims
-        self.output_size = _as_tuple(cfg.output_size, dims, "output_size")
-        self.init_size = (
-            _as_tuple(cfg.init_size, dims, "init_size")
-            if cfg.init_size is not None
-            else tuple(self._auto_init_size(cfg, s) for s in self.output_size)
-        )
-        self.stage_sizes = self._stage_sizes(cfg, self.init_size)
+        self.output_size, self.init_size, self.stage_sizes = cfg.geometry()
         resolutions = [max(s) for s in self.stage_sizes]
-        missing = [r for r in cfg.attention_resolutions if r not in resolutions]
-        if missing:
-            raise ValueError(
-                f"ConvDecoder config: attention_resolutions {missing} match no stage; the stages' resolutions "
-                f"(largest spatial extent) are {resolutions}."
-            )
 
         c0 = cfg.hidden_dims[0]
         self.project = nn.Linear(cfg.latent_dim, c0 * math.prod(self.init_size), bias=cfg.bias)
@@ -471,35 +502,6 @@ class ConvDecoder(nn.Module):
             weighted = (nn.Linear, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)
             for m in [m for m in self.modules() if isinstance(m, weighted)]:
                 _spectral_norm(m)
-
-    @staticmethod
-    def _stage_sizes(cfg: ConvDecoderConfig, init_size: Sequence[int]) -> list[tuple[int, ...]]:
-        sizes, cur = [], tuple(init_size)
-        for _ in cfg.hidden_dims:
-            cur = tuple(_stage_size(cfg, n) for n in cur)
-            if min(cur) < 1:
-                raise ValueError(
-                    f"ConvDecoder config: kernel_size={cfg.kernel_size}, padding={cfg.padding}, "
-                    f"dilation={cfg.dilation} "
-                    f"shrink the feature map to nothing; use padding=null or a larger init_size."
-                )
-            sizes.append(cur)
-        return sizes
-
-    @staticmethod
-    def _auto_init_size(cfg: ConvDecoderConfig, target: int) -> int:
-        def final(n: int) -> int:
-            for _ in cfg.hidden_dims:
-                n = _stage_size(cfg, n)
-            return n
-
-        for n in range(1, 4 * target + 64):
-            if final(n) >= target:
-                return n
-        raise ValueError(
-            f"ConvDecoder config: no init_size reaches output_size {target} with stride={cfg.stride}, "
-            f"padding={cfg.padding}; set init_size or padding=null."
-        )
 
     @classmethod
     def from_config(cls, config: ConvDecoderConfig | Mapping[str, Any] | str | os.PathLike) -> ConvDecoder:

@@ -26,7 +26,7 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from monai.networks.blocks import Convolution
@@ -35,7 +35,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torch.utils.checkpoint import checkpoint
 
-from medgen.config.core import JsonConfig
+from medgen.config.core import ConfigError, JsonConfig, check_types, from_dict
 from medgen.models.layers import CropPad
 
 __all__ = ["ProgressiveDecoder", "ProgressiveDecoderConfig"]
@@ -44,7 +44,7 @@ OUTPUT_ACTIVATIONS = ("sigmoid", "tanh", "relu", "none")
 INIT_METHODS = ("default", "xavier", "kaiming", "normal")
 # Spatial size produced by the initial transposed convolution (kernel 4 on a 1x1 latent).
 INITIAL_SIZE = 4
-# Alternative key names accepted by ``from_config`` (the names of the decoder's specification, NetworkConfig).
+# Other names ``from_dict`` (and so ``from_config``) accepts for two keys.
 _CONFIG_ALIASES = {"hidden_channels": "channel_progression", "use_batch_norm": "use_bn"}
 
 
@@ -56,9 +56,9 @@ def _is_power_of_two(n: int) -> bool:
 class ProgressiveDecoderConfig(JsonConfig):
     """Typed configuration of a :class:`ProgressiveDecoder`; every field is a constructor argument.
 
-    ``None`` fields are computed from ``input_size``/``output_size`` (see the class docstring).
-    :meth:`from_dict` also accepts ``hidden_channels`` for ``channel_progression`` and ``use_batch_norm``
-    for ``use_bn``.
+    ``None`` fields are computed from ``input_size``/``output_size`` (see the class docstring and
+    :meth:`resolved`). :meth:`from_dict` also accepts ``hidden_channels`` for ``channel_progression`` and
+    ``use_batch_norm`` for ``use_bn``.
     """
 
     input_size: int
@@ -67,31 +67,81 @@ class ProgressiveDecoderConfig(JsonConfig):
     channel_progression: list[int] | None = None
     num_upsample_layers: int | None = None
     use_bn: bool = True
-    output_activation: str = "sigmoid"
+    output_activation: Literal[OUTPUT_ACTIVATIONS] = "sigmoid"
     use_amp: bool = False
-    activation: str | list | tuple = "relu"
-    init_method: str = "default"
-    spatial_dims: int = 2
+    activation: str | list[Any] = "relu"
+    init_method: Literal[INIT_METHODS] = "default"
+    spatial_dims: Literal[2, 3] = 2
+
+    def __post_init__(self) -> None:
+        # JSON data comes in as tuples; lists, so that a config equals its JSON round trip
+        if self.channel_progression is not None:
+            self.channel_progression = [int(c) for c in self.channel_progression]
+        if not isinstance(self.activation, str):
+            self.activation = list(self.activation)
+
+    def resolved(self, prefix: str = "") -> ProgressiveDecoderConfig:
+        """This config with the ``None`` fields computed, after checking every setting.
+
+        Raises:
+            ConfigError: an invalid setting, naming the key after ``prefix``.
+        """
+        check_types(self, prefix)
+        p, input_size = prefix, self.input_size
+        if not _is_power_of_two(input_size):
+            raise ConfigError(
+                f"{p}input_size={input_size} must be a power of two (64, 128, 256, 512, 1024, ...); use the next "
+                f"power of two as {p}input_size and the image size as {p}output_size (the output is padded to the grid)"
+            )
+        output_size = input_size if self.output_size is None else self.output_size
+        if output_size < 1:
+            raise ConfigError(f"{p}output_size={output_size} must be at least 1, or null")
+        if output_size > input_size:
+            raise ConfigError(
+                f"{p}output_size={output_size} must be <= {p}input_size={input_size}; raise {p}input_size to "
+                f"{1 << (output_size - 1).bit_length()} or lower {p}output_size"
+            )
+        latent_channels = input_size if self.latent_channels is None else self.latent_channels
+        if latent_channels < 1:
+            raise ConfigError(f"{p}latent_channels={latent_channels} must be at least 1, or null")
+        progression = self.channel_progression
+        if progression is None:
+            progression = default_channel_progression(latent_channels)
+        if len(progression) < 2 or progression[-1] != 1:
+            raise ConfigError(
+                f"{p}channel_progression={progression} must end with 1 (the output channel) and have at least one "
+                "hidden entry before it, e.g. [64, 32, 16, 1]"
+            )
+        if min(progression) < 1:
+            raise ConfigError(f"{p}channel_progression={progression}: every entry must be at least 1")
+        # smallest n with INITIAL_SIZE * 2**n >= output_size
+        needed = (math.ceil(output_size / INITIAL_SIZE) - 1).bit_length()
+        layers = needed if self.num_upsample_layers is None else self.num_upsample_layers
+        if layers < needed:
+            raise ConfigError(
+                f"{p}num_upsample_layers={layers} generates {INITIAL_SIZE * 2**layers} px, less than "
+                f"{p}output_size={output_size}; use at least {needed} (or null for automatic)"
+            )
+        return dataclasses.replace(self, output_size=output_size, latent_channels=latent_channels,
+                                   channel_progression=progression, num_upsample_layers=layers)
+
+    def validate(self, prefix: str = "") -> None:
+        """Raise :class:`~medgen.config.ConfigError` naming the key (after ``prefix``) for an invalid setting."""
+        self.resolved(prefix)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ProgressiveDecoderConfig:
-        """Build from a dict, accepting the aliases above; unknown keys raise a ``ValueError`` listing valid ones."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        kwargs: dict[str, Any] = {}
-        for key, value in data.items():
-            name = _CONFIG_ALIASES.get(key, key)
-            if name not in known:
-                raise ValueError(
-                    f"ProgressiveDecoder config: unknown key {key!r}. "
-                    f"Valid keys: {sorted(known | set(_CONFIG_ALIASES))}."
-                )
-            kwargs[name] = value
-        if "input_size" not in kwargs:
-            raise ValueError("ProgressiveDecoder config: 'input_size' is required (the grid size, a power of two).")
-        if kwargs.get("channel_progression") is not None:
-            kwargs["channel_progression"] = [int(c) for c in kwargs["channel_progression"]]
-        return cls(**kwargs)
-
+    def from_dict(cls, data: Mapping[str, Any], prefix: str = "") -> ProgressiveDecoderConfig:
+        """Build from JSON data, accepting the aliases above, and validate it. Errors name the key after
+        ``prefix`` (where the decoder's keys sit in a larger config)."""
+        data = dict(data)
+        for alias, name in _CONFIG_ALIASES.items():
+            if alias in data:
+                if name in data:
+                    raise ConfigError(f"give either {prefix}{name} or {prefix}{alias}, not both")
+                data[name] = data.pop(alias)
+        cfg = from_dict(cls, data, prefix)
+        cfg.validate(prefix)
+        return cfg
 
 
 def default_channel_progression(latent_channels: int) -> list[int]:
@@ -142,7 +192,7 @@ class ProgressiveDecoder(nn.Module):
         spatial_dims: 2 for images, 3 for volumes (cubic grid).
 
     Raises:
-        ValueError: with the offending argument and how to fix it, for an invalid combination.
+        ConfigError: an invalid setting or combination, naming the argument and how to fix it.
 
     Example:
         >>> model = ProgressiveDecoder(input_size=64, output_size=48)
@@ -165,67 +215,21 @@ class ProgressiveDecoder(nn.Module):
         spatial_dims: int = 2,
     ) -> None:
         super().__init__()
-        if not _is_power_of_two(input_size):
-            raise ValueError(
-                f"ProgressiveDecoder: input_size must be a power of two (64, 128, 256, 512, 1024, ...), got "
-                f"{input_size!r}. Use the next power of two as input_size and your image size as output_size "
-                f"(CropPad pads images to the grid)."
-            )
-        output_size = input_size if output_size is None else output_size
-        if not isinstance(output_size, int) or output_size < 1:
-            raise ValueError(f"ProgressiveDecoder: output_size must be a positive int, got {output_size!r}.")
-        if output_size > input_size:
-            raise ValueError(
-                f"ProgressiveDecoder: output_size ({output_size}) must be <= input_size ({input_size}); raise "
-                f"input_size to {1 << (output_size - 1).bit_length()} or lower output_size."
-            )
-        latent_channels = input_size if latent_channels is None else latent_channels
-        if not isinstance(latent_channels, int) or latent_channels < 1:
-            raise ValueError(f"ProgressiveDecoder: latent_channels must be a positive int, got {latent_channels!r}.")
-        if channel_progression is None:
-            channel_progression = default_channel_progression(latent_channels)
-        channel_progression = [int(c) for c in channel_progression]
-        if len(channel_progression) < 2 or channel_progression[-1] != 1:
-            raise ValueError(
-                f"ProgressiveDecoder: channel_progression must end with 1 (the output channel) and have at least one "
-                f"hidden entry before it, e.g. [64, 32, 16, 1]; got {channel_progression}."
-            )
-        if any(c < 1 for c in channel_progression):
-            raise ValueError(
-                f"ProgressiveDecoder: channel_progression entries must be >= 1, got {channel_progression}."
-            )
-        # smallest n with INITIAL_SIZE * 2**n >= output_size
-        needed = (math.ceil(output_size / INITIAL_SIZE) - 1).bit_length()
-        if num_upsample_layers is None:
-            num_upsample_layers = needed
-        if not isinstance(num_upsample_layers, int) or num_upsample_layers < needed:
-            raise ValueError(
-                f"ProgressiveDecoder: num_upsample_layers={num_upsample_layers!r} generates "
-                f"{INITIAL_SIZE * 2**num_upsample_layers if isinstance(num_upsample_layers, int) else '?'} px, "
-                f"less than output_size={output_size}; use at least {needed} (or None for automatic)."
-            )
-        if output_activation not in OUTPUT_ACTIVATIONS:
-            raise ValueError(
-                f"ProgressiveDecoder: output_activation must be one of {OUTPUT_ACTIVATIONS}, got {output_activation!r}."
-            )
-        if init_method not in INIT_METHODS:
-            raise ValueError(f"ProgressiveDecoder: init_method must be one of {INIT_METHODS}, got {init_method!r}.")
-        if spatial_dims not in (2, 3):
-            raise ValueError(f"ProgressiveDecoder: spatial_dims must be 2 or 3, got {spatial_dims!r}.")
-
         self.config = ProgressiveDecoderConfig(
             input_size=input_size,
             output_size=output_size,
             latent_channels=latent_channels,
-            channel_progression=list(channel_progression),
+            channel_progression=None if channel_progression is None else list(channel_progression),
             num_upsample_layers=num_upsample_layers,
             use_bn=use_bn,
             output_activation=output_activation,
             use_amp=use_amp,
-            activation=activation if isinstance(activation, str) else list(activation),
+            activation=activation,
             init_method=init_method,
             spatial_dims=spatial_dims,
-        )
+        ).resolved()
+        output_size, latent_channels = self.config.output_size, self.config.latent_channels
+        channel_progression, num_upsample_layers = self.config.channel_progression, self.config.num_upsample_layers
         self.input_size = input_size
         self.output_size = output_size
         self.latent_channels = latent_channels
@@ -289,7 +293,7 @@ class ProgressiveDecoder(nn.Module):
     def from_config(
         cls, config: ProgressiveDecoderConfig | Mapping[str, Any] | str | os.PathLike
     ) -> ProgressiveDecoder:
-        """Build from a :class:`ProgressiveDecoderConfig`, a dict (seed key names accepted) or a JSON file path."""
+        """Build from a :class:`ProgressiveDecoderConfig`, a dict (aliases accepted) or a JSON file path."""
         config = ProgressiveDecoderConfig.coerce(config, "ProgressiveDecoder.from_config")
         return cls(**dataclasses.asdict(config))
 

@@ -13,7 +13,6 @@ wrapped by :class:`DecoderGenerator` into the same interface (``z_dim``, ``sampl
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -22,6 +21,10 @@ import torch
 import torch.nn as nn
 from monai.networks.utils import normal_init
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
+
+from medgen.config.core import ConfigError
+from medgen.models.conv_decoder import ConvDecoder, ConvDecoderConfig
+from medgen.models.progressive_decoder import ProgressiveDecoder, ProgressiveDecoderConfig
 
 __all__ = [
     "SelfAttention2d",
@@ -299,25 +302,6 @@ _CRITIC_KEYS = {
     "norm", "init_weights",
 }  # fmt: skip
 
-# generator.type -> (module, class) of backbones built elsewhere in medgen; imported lazily so this module
-# does not depend on them.
-_EXTERNAL_GENERATORS = {
-    "conv_decoder": ("medgen.models.conv_decoder", "ConvDecoder"),
-    "progressive_decoder": ("medgen.models.progressive_decoder", "ProgressiveDecoder"),
-}
-
-
-def _import_backbone(gtype: str) -> type:
-    module_name, class_name = _EXTERNAL_GENERATORS[gtype]
-    try:
-        return getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(
-            f"generator.type={gtype!r} needs {module_name}.{class_name}, which this medgen version does not have "
-            f"yet ({err}). Use generator.type='dcgan'."
-        ) from err
-
-
 class DecoderGenerator(nn.Module):
     """Give a ConvDecoder or ProgressiveDecoder the generator interface of :class:`WGANGenerator`
     (``z_dim``, ``image_size``, ``sample_latent``, ``forward(z)``).
@@ -365,34 +349,37 @@ class DecoderGenerator(nn.Module):
         return dec.pad(dec.crop(dec.output_activation(x)))
 
 
-# generator.type -> (latent-size key, output-size key, activation key) of each decoder's config
-_DECODER_KEYS = {
-    "conv_decoder": ("latent_dim", "output_size", "final_activation"),
-    "progressive_decoder": ("latent_channels", "input_size", "output_activation"),
+# generator.type -> the decoder, its config, and its config's latent-size, output-size and activation keys
+_DECODERS = {
+    "conv_decoder": (ConvDecoder, ConvDecoderConfig, "latent_dim", "output_size", "final_activation"),
+    "progressive_decoder": (ProgressiveDecoder, ProgressiveDecoderConfig, "latent_channels", "input_size",
+                            "output_activation"),
 }
+_BACKBONE = "generator.backbone."  # where a WGAN config holds the decoder's keys
 
 
 def _build_decoder_generator(gtype: str, cfg: Mapping[str, Any], image_size: int | None) -> DecoderGenerator:
-    cls = _import_backbone(gtype)
-    latent_key, size_key, act_key = _DECODER_KEYS[gtype]
+    cls, config_cls, latent_key, size_key, act_key = _DECODERS[gtype]
     kwargs = {k: v for k, v in cfg.items() if k != "type"}
     if "z_dim" in kwargs:  # the WGAN config's name for the latent size
         z_dim = kwargs.pop("z_dim")
         if kwargs.setdefault(latent_key, z_dim) != z_dim:
-            raise ValueError(f"generator.z_dim={z_dim!r} and generator.{latent_key}={kwargs[latent_key]!r} disagree.")
+            raise ConfigError(f"generator.z_dim={z_dim} and {_BACKBONE}{latent_key}={kwargs[latent_key]} disagree; "
+                              f"remove {_BACKBONE}{latent_key}")
     if image_size is not None and kwargs.setdefault(size_key, image_size) != image_size:
-        raise ValueError(
-            f"generator.{size_key}={kwargs[size_key]!r} disagrees with wgan_train.image_size={image_size!r}; "
-            f"remove generator.{size_key}."
+        raise ConfigError(
+            f"{_BACKBONE}{size_key}={kwargs[size_key]} disagrees with wgan_train.image_size={image_size}; "
+            f"remove {_BACKBONE}{size_key}"
         )
     kwargs.setdefault(act_key, "tanh")  # GAN images are scaled to [-1, 1]
     if kwargs.get("spatial_dims", 2) != 2:
-        raise ValueError("generator.spatial_dims: the adversarial trainers are 2D; use spatial_dims=2.")
-    decoder = cls.from_config(kwargs)
+        raise ConfigError(f"{_BACKBONE}spatial_dims={kwargs['spatial_dims']}: the adversarial trainers are 2D; "
+                          "use spatial_dims=2")
+    decoder = cls.from_config(config_cls.from_dict(kwargs, prefix=_BACKBONE))
     size = getattr(decoder.config, size_key)
     sizes = {int(size)} if isinstance(size, int) else {int(v) for v in size}
     if len(sizes) != 1:
-        raise ValueError(f"generator.{size_key}={size!r}: the adversarial trainers need square images.")
+        raise ConfigError(f"{_BACKBONE}{size_key}={list(size)}: the adversarial trainers need square images")
     return DecoderGenerator(decoder, z_dim=getattr(decoder.config, latent_key), image_size=sizes.pop())
 
 
@@ -424,9 +411,10 @@ def build_generator(cfg: Mapping[str, Any], image_size: int | None = None) -> nn
         cfg: the ``generator`` section, e.g. ``{"type": "dcgan", "z_dim": 128, "g_channels": 512,
             "self_attention_resolutions": [32]}``. ``type`` defaults to ``"dcgan"``; the other keys are the
             :class:`WGANGenerator` arguments. For ``conv_decoder`` / ``progressive_decoder`` they are that
-            decoder's config fields, plus ``z_dim`` as another name for ``latent_dim`` / ``latent_channels``;
-            ``output_size`` / ``input_size`` default to ``image_size`` and the final activation to ``"tanh"``;
-            the decoder is wrapped in :class:`DecoderGenerator`.
+            decoder's config fields (``generator.backbone`` of a WGAN config, which errors name), plus ``z_dim``
+            as another name for ``latent_dim`` / ``latent_channels``; ``output_size`` / ``input_size`` default to
+            ``image_size`` and the final activation to ``"tanh"``; the decoder is wrapped in
+            :class:`DecoderGenerator`.
         image_size: output size from ``wgan_train.image_size``; may instead be given as ``cfg["image_size"]``.
 
     Returns:
@@ -434,12 +422,13 @@ def build_generator(cfg: Mapping[str, Any], image_size: int | None = None) -> nn
         ``forward(z) -> (B, 1, image_size, image_size)`` in [-1, 1].
 
     Raises:
-        ValueError: unknown ``type`` or key, or invalid values.
+        ValueError: unknown ``type`` or key, or invalid values; :class:`~medgen.config.ConfigError` (a ValueError)
+            for a decoder's keys, named as in a WGAN config.
     """
     gtype = str(cfg.get("type", "dcgan")) if isinstance(cfg, Mapping) else "dcgan"
     if gtype == "dcgan":
         return WGANGenerator(**_section_kwargs(cfg, _DCGAN_GENERATOR_KEYS, "generator", image_size))
-    if gtype in _DECODER_KEYS:
+    if gtype in _DECODERS:
         return _build_decoder_generator(gtype, cfg, image_size)
     raise ValueError(f"generator.type={gtype!r} is not known; choose one of {list(GENERATOR_TYPES)}.")
 
