@@ -44,7 +44,7 @@ from monai.networks.nets import AutoencoderKL
 from tqdm import tqdm
 
 from medgen.config import AutoencoderDef, ConfigError, VAEConfig, from_dict, load_config
-from medgen.errors import MedgenError, MissingInputError
+from medgen.errors import MissingInputError, out_of_memory_as
 from medgen.io.checkpoint import load_checkpoint, save_checkpoint
 from medgen.io.files import atomic_path, write_text_atomic
 from medgen.data.whole import model_input, preprocess, to_image_shape as _to_image_shape
@@ -68,7 +68,6 @@ __all__ = [
     "reconstruct",
     "encode",
     "decode",
-    "InferenceMemoryError",
 ]
 
 FORMATS = {"nii": ".nii.gz", "png": ".png", "dcm": ".dcm"}
@@ -146,33 +145,13 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-class InferenceMemoryError(MedgenError):
-    """Out of memory while encoding or decoding an image; the message names the setting to lower."""
-
-    kind = "out of memory"
-
-
-class _memory_guard:
-    """Turns an out-of-memory error for one image into :class:`InferenceMemoryError` naming ``--tile-size``."""
-
-    def __init__(self, what: str, shape: Sequence[int], tiling: Tiling) -> None:
-        self.what, self.shape, self.tiling = what, tuple(shape), tiling
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        text = str(exc) if exc is not None else ""
-        oom = isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)) or (
-            isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower()))
-        if oom:
-            tile = "x".join(map(str, self.tiling.tile))
-            raise InferenceMemoryError(
-                f"{self.what} ({'x'.join(map(str, self.shape))}) did not fit with tiles of {tile} pixels: lower --tile-size "
-                f"(each tile's work needs device memory) or run on a machine with more memory (the tiles of the whole "
-                f"image wait in host memory)"
-            ) from None
-        return False
+def _tiles_fit(what: str, shape: Sequence[int], tiling: Tiling):
+    """Running out of memory inside it raises :class:`OutOfMemoryError` naming ``--tile-size``."""
+    tile = "x".join(map(str, tiling.tile))
+    return out_of_memory_as(
+        f"{what} ({'x'.join(map(str, shape))}) did not fit with tiles of {tile} pixels: lower --tile-size "
+        f"(each tile's work needs device memory) or run on a machine with more memory (the tiles of the whole "
+        f"image wait in host memory)")
 
 
 # ------------------------------------------------------------------------------------------- inputs
@@ -278,7 +257,7 @@ def reconstruct_items(
     written, seams = [], {}
     for item in tqdm(items, desc="reconstruct", unit="image", disable=not progress, dynamic_ncols=True):
         x, image_shape, spacing = model_input(cfg, item, chain)
-        with _memory_guard(f"reconstructing {item.name}", x.shape[2:], tiling):
+        with _tiles_fit(f"reconstructing {item.name}", x.shape[2:], tiling):
             z_mu, _ = tiled_encode(model, x, tiling)
             y = tiled_decode(model, z_mu, tiling)[0]
         if report:
@@ -375,7 +354,7 @@ def encode_items(
     model.eval()
     for item in tqdm(items, desc="encode", unit="image", disable=not progress, dynamic_ncols=True):
         x, image_shape, spacing = model_input(cfg, item, chain)
-        with _memory_guard(f"encoding {item.name}", x.shape[2:], tiling):
+        with _tiles_fit(f"encoding {item.name}", x.shape[2:], tiling):
             z_mu, z_sigma = tiled_encode(model, x, tiling)
         record: dict[str, Any] = {"z_mu": z_mu[0].float().cpu()}
         if sample:
@@ -477,7 +456,7 @@ def decode_items(
     for path, name in tqdm(find_latents(source), desc="decode", unit="image", disable=not progress, dynamic_ncols=True):
         record = load_latent(path)
         latent = record[key] if key in record else record["z_mu"]
-        with _memory_guard(f"decoding {path.name}", [s * cfg.autoencoder_def.downsample_factor for s in np.shape(latent)[1:]], tiling):
+        with _tiles_fit(f"decoding {path.name}", [s * cfg.autoencoder_def.downsample_factor for s in np.shape(latent)[1:]], tiling):
             y = decode_latents(model, record, key, tiling)
         spacing = [float(v) for v in np.asarray(record["spacing"]).tolist()]
         written.append(_write(y, InputItem(path, name), Path(output_dir), fmt, spacing))
