@@ -49,6 +49,7 @@ from medgen.io.checkpoint import load_checkpoint, save_checkpoint
 from medgen.io.files import atomic_path, write_text_atomic
 from medgen.data.whole import model_input, preprocess, to_image_shape as _to_image_shape
 from medgen.models.autoencoder import build_autoencoder, load_autoencoder
+from medgen.models.device import default_device
 from medgen.models.tiled import Tiling, downsample_factor, tiling_for, output_borders, seam_ratio, tiled_decode, tiled_encode
 
 __all__ = [
@@ -139,10 +140,6 @@ def load_model(
     cfg = checkpoint_config(checkpoint, config)
     model = load_autoencoder(checkpoint, cfg.autoencoder_def, map_location=device)
     return model, cfg
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _tiles_fit(what: str, shape: Sequence[int], tiling: Tiling):

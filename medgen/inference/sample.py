@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from medgen.errors import InvalidValueError, OutputExistsError
-from medgen.inference.autoencoder import default_device
+from medgen.models.device import default_device
 
 __all__ = ["load_generator", "generate", "sample_to_files", "is_ldm_checkpoint", "load_ldm", "generate_ldm",
            "sample_ldm_to_files", "sample_ldm_classes"]

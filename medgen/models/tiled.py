@@ -37,7 +37,6 @@ import copy
 import functools
 import logging
 import math
-import os
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -51,11 +50,12 @@ from monai.networks.nets.autoencoderkl import AEKLDownsample, AEKLResBlock
 from torch import nn
 
 from medgen.errors import InvalidValueError
+from medgen.models.device import free_memory
 
 if TYPE_CHECKING:
     from medgen.config import VAEConfig
 
-__all__ = ["Tiling", "tiling_for", "tile_memory", "fit_tile", "free_memory", "tile_grid", "tiled_encode", "tiled_decode", "tiled_reconstruct", "seam_ratio", "output_borders", "default_tiling", "downsample_factor"]
+__all__ = ["Tiling", "tiling_for", "tile_memory", "fit_tile", "tile_grid", "tiled_encode", "tiled_decode", "tiled_reconstruct", "seam_ratio", "output_borders", "default_tiling", "downsample_factor"]
 
 # A GroupNorm request from a tile: (the norm layer, the tile's activation before it).
 _Request = tuple[nn.GroupNorm, torch.Tensor]
@@ -138,23 +138,6 @@ def tiling_for(
     if tile_size is None and model is not None:
         tile = fit_tile(model, default.tile)
     return Tiling.of(tile, OVERLAP if overlap is None else overlap, cfg.spatial_dims, align=f, norm=norm or default.norm)
-
-
-def free_memory(device: torch.device) -> int | None:
-    """Bytes free on ``device``: a GPU's free memory, or the host's available memory (Linux); None if unknown."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def tile_memory(model: AutoencoderKL, tile: Sequence[int]) -> int:
