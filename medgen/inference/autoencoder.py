@@ -47,6 +47,7 @@ from medgen.config import AutoencoderDef, ConfigError, VAEConfig, from_dict, loa
 from medgen.errors import MissingInputError, out_of_memory_as
 from medgen.io.checkpoint import load_checkpoint, save_checkpoint
 from medgen.io.files import atomic_path, write_text_atomic
+from medgen.io.writer import format_suffix
 from medgen.data.whole import model_input, preprocess, to_image_shape as _to_image_shape
 from medgen.models.autoencoder import build_autoencoder, load_autoencoder
 from medgen.models.device import default_device
@@ -71,7 +72,6 @@ __all__ = [
     "decode",
 ]
 
-FORMATS = {"nii": ".nii.gz", "png": ".png", "dcm": ".dcm"}
 LATENT_FORMATS = ("pt", "npz")
 SCALE_FACTOR_FILE = "scale_factor.json"
 REPORT_FILE = "reconstruct_report.json"
@@ -200,11 +200,17 @@ def find_inputs(source: str | Path) -> list[InputItem]:
 
 
 # ------------------------------------------------------------------------------------------- reconstruct
+def _check_format(fmt: str, cfg: VAEConfig) -> None:
+    format_suffix(fmt)
+    if fmt == "png" and cfg.spatial_dims == 3:
+        raise ConfigError("--format png holds 2D images only; use --format nii or dcm for volumes")
+
+
 def _write(y: torch.Tensor, item: InputItem, output_dir: Path, fmt: str, spacing: Sequence[float]) -> Path:
     from medgen.io.reader import image_kind
     from medgen.io.writer import write_image
 
-    out = output_dir / f"{item.name}{FORMATS[fmt]}"
+    out = output_dir / f"{item.name}{format_suffix(fmt)}"
     array = y.detach().cpu().float().numpy()
     if fmt == "nii":
         return write_image(array, out, spacing=spacing)
@@ -242,10 +248,7 @@ def reconstruct_items(
     """
     from medgen.data.transforms import deterministic_transforms
 
-    if fmt not in FORMATS:
-        raise ConfigError(f"--format {fmt} is not one of {', '.join(FORMATS)}")
-    if fmt == "png" and cfg.spatial_dims == 3:
-        raise ConfigError("--format png holds 2D images only; use --format nii or dcm for volumes")
+    _check_format(fmt, cfg)
     output_dir = Path(output_dir)
     tiling = tiling or tiling_for(cfg)
     chain = deterministic_transforms(cfg, cfg.autoencoder_train.patch_size)
@@ -444,10 +447,7 @@ def decode_items(
 ) -> list[Path]:
     """Decode the latent files of ``source`` (:func:`find_latents`) into ``output_dir/<name>.<fmt>``, in the
     encoded image's shape and spacing; with the same tiling as ``reconstruct``, the same images."""
-    if fmt not in FORMATS:
-        raise ConfigError(f"--format {fmt} is not one of {', '.join(FORMATS)}")
-    if fmt == "png" and cfg.spatial_dims == 3:
-        raise ConfigError("--format png holds 2D images only; use --format nii or dcm for volumes")
+    _check_format(fmt, cfg)
     tiling = tiling or tiling_for(cfg)
     written = []
     for path, name in tqdm(find_latents(source), desc="decode", unit="image", disable=not progress, dynamic_ncols=True):
