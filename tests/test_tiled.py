@@ -16,7 +16,8 @@ from medgen.config import AutoencoderDef, load_config, to_dict
 from medgen.io import read_image, write_image
 from medgen.io.checkpoint import save_checkpoint
 from medgen.models.autoencoder import build_autoencoder
-from medgen.models.tiled import Tiling, output_borders, seam_ratio, tile_grid, tiled_decode, tiled_encode, tiled_reconstruct
+from medgen.metrics.seams import seam_ratio
+from medgen.models.tiled import Tiling, output_borders, tile_grid, tiled_decode, tiled_encode, tiled_reconstruct
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -182,7 +183,7 @@ def test_tile_memory_follows_the_tile_and_the_network():
 
 def test_default_tiles_shrink_to_fit_the_device_memory(tmp_path, monkeypatch, caplog):
     import medgen.models.tiled as tiled
-    from medgen.inference.autoencoder import load_model
+    from medgen.models.autoencoder import load_model
 
     ckpt = _checkpoint(tmp_path / "ae.pt", "autoencoder_train.patch_size=[128,96]")
     model, cfg = load_model(ckpt)

@@ -9,7 +9,7 @@ from medgen.errors import InvalidValueError, MissingInputError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from medgen.inference.autoencoder import LATENT_FORMATS
+    from medgen.data.latents import LATENT_FORMATS
     from medgen.io.writer import FORMATS
 
     p = subparsers.add_parser(
