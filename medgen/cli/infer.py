@@ -183,7 +183,7 @@ def sample(args: argparse.Namespace) -> int:
 
 
 def check_copies(args: argparse.Namespace) -> int:
-    from medgen.inference.copies import check_copies as check
+    from medgen.inference.check_copies import check_copies as check
 
     r = check(args.samples, args.train, args.output, args.threshold)
     closest = r["samples"][0] if r["samples"] else None
@@ -195,7 +195,7 @@ def check_copies(args: argparse.Namespace) -> int:
 
 
 def fit_decoder(args: argparse.Namespace) -> int:
-    from medgen.inference.fit_decoder import fit_decoder as fit, write_like_input
+    from medgen.training.fit_decoder import fit_decoder as fit, write_like_input
     from medgen.io import read_image, read_image_and_info
 
     for name in ("input", "mask"):
