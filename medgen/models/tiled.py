@@ -255,8 +255,9 @@ def _norm(m: nn.GroupNorm, x: torch.Tensor, store: torch.device, device: torch.d
 
 
 def _block(m: nn.Module, held: list[torch.Tensor], store: torch.device) -> Generator[_Request, tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """``m(x)`` with every GroupNorm inside it handed to the driver (MONAI's forward, step by step). ``x`` comes
-    in ``held`` (taken out here) so that no caller keeps the input alive while this tile waits."""
+    """``m(x)`` with every GroupNorm inside it handed to the driver (MONAI's forward, step by step; the test
+    ``test_stepped_blocks_equal_monai_forward`` holds it to MONAI's own). ``x`` comes in ``held`` (taken out
+    here) so that no caller keeps the input alive while this tile waits."""
     x = held.pop()
     device = x.device
     if isinstance(m, nn.GroupNorm):
