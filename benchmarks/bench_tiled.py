@@ -70,7 +70,8 @@ def child(args: argparse.Namespace) -> None:
 
     from monai.transforms import DivisiblePad
 
-    from medgen.models.tiled import Tiling, output_borders, seam_ratio, tiled_decode, tiled_encode
+    from medgen.metrics.seams import seam_ratio
+    from medgen.models.tiled import Tiling, output_borders, tiled_decode, tiled_encode
 
     if args.mem_limit_gb and args.device == "cpu":
         limit = int(args.mem_limit_gb * 2**30)

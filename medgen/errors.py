@@ -4,9 +4,15 @@ Raise :class:`MedgenError` (or a subclass) for anything a user can fix: a config
 unreadable file, data that cannot be used. Its message is one sentence that says what was found and what
 to do. ``medgen``'s entry point and the training launchers catch it once, print ``medgen: <message>`` and
 exit with code 2; every other exception is a bug and keeps its traceback.
+
+Running out of memory is recognised here too (:func:`is_out_of_memory`): the command line reports it in one
+line, and :func:`out_of_memory_as` turns it into an :class:`OutOfMemoryError` that names what to lower.
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 
 class MedgenError(Exception):
@@ -33,3 +39,32 @@ class OutputExistsError(MedgenError, FileExistsError):
 
 class MissingInputError(MedgenError, FileNotFoundError):
     """An input file or folder that does not exist."""
+
+
+class OutOfMemoryError(MedgenError):
+    """Out of memory while working on one input; the message names the setting to lower."""
+
+    kind = "out of memory"
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is running out of memory: Python's ``MemoryError``, CUDA's ``OutOfMemoryError``, or the
+    ``RuntimeError`` PyTorch's CPU allocator raises."""
+    import torch  # here, not at the top: every module imports this one, and most never need torch
+
+    if isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower())
+
+
+@contextlib.contextmanager
+def out_of_memory_as(message: str) -> Iterator[None]:
+    """Inside it, running out of memory (:func:`is_out_of_memory`) raises :class:`OutOfMemoryError` with
+    ``message`` instead; every other exception passes unchanged."""
+    try:
+        yield
+    except Exception as exc:
+        if is_out_of_memory(exc):
+            raise OutOfMemoryError(message) from None
+        raise

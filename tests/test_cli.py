@@ -97,8 +97,8 @@ INTERRUPT_AT = {
     "encode": "medgen.data.whole.preprocess",
     "decode": "medgen.inference.autoencoder.decode_latents",
     "sample": "medgen.inference.sample.generate",
-    "check-copies": "medgen.inference.copies.read_windowed",
-    "fit-decoder": "medgen.inference.fit_decoder.fit_decoder",
+    "check-copies": "medgen.inference.check_copies.read_windowed",
+    "fit-decoder": "medgen.training.fit_decoder.fit_decoder",
     "weights": "medgen.io.weights._download",
 }
 

@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT
 from medgen.cli import main
 from medgen.config import ConfigError, load_config
-from medgen.inference.autoencoder import find_inputs
+from medgen.inference.inputs import find_inputs
 from medgen.io.discovery import data_source, discover_items, folder_items
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medgen.inference import fit_decoder as fd
+from medgen.training import fit_decoder as fd
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -16,8 +16,8 @@ from medgen.cli import main
 from medgen.config import load_config, to_dict
 from medgen.io import find_images, read_image, write_image
 from medgen.io.discovery import discover_items
-from medgen.inference.autoencoder import decode_latents, load_model
-from medgen.models.autoencoder import build_autoencoder
+from medgen.inference.autoencoder import decode_latents
+from medgen.models.autoencoder import build_autoencoder, load_model
 from medgen.io.checkpoint import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]

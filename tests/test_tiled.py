@@ -1,5 +1,6 @@
 """Tiled encode/decode (medgen.models.tiled): equal to the whole-image pass where the model allows it,
-bounded work per tile, seams measured, and `medgen decode` as the reverse of `medgen encode`."""
+bounded work per tile, seams measured, MONAI's block forwards pinned, and `medgen decode` as the reverse of
+`medgen encode`."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from medgen.config import AutoencoderDef, load_config, to_dict
 from medgen.io import read_image, write_image
 from medgen.io.checkpoint import save_checkpoint
 from medgen.models.autoencoder import build_autoencoder
-from medgen.models.tiled import Tiling, output_borders, seam_ratio, tile_grid, tiled_decode, tiled_encode, tiled_reconstruct
+from medgen.metrics.seams import seam_ratio
+from medgen.models.tiled import Tiling, output_borders, tile_grid, tiled_decode, tiled_encode, tiled_reconstruct
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -182,7 +184,7 @@ def test_tile_memory_follows_the_tile_and_the_network():
 
 def test_default_tiles_shrink_to_fit_the_device_memory(tmp_path, monkeypatch, caplog):
     import medgen.models.tiled as tiled
-    from medgen.inference.autoencoder import load_model
+    from medgen.models.autoencoder import load_model
 
     ckpt = _checkpoint(tmp_path / "ae.pt", "autoencoder_train.patch_size=[128,96]")
     model, cfg = load_model(ckpt)
@@ -200,3 +202,46 @@ def test_default_tiles_shrink_to_fit_the_device_memory(tmp_path, monkeypatch, ca
     assert "64x96" in caplog.text and "128x96" in caplog.text and "--tile-size" in caplog.text
     assert tiled.tiling_for(cfg, tile_size=128, model=model).tile == (128, 128)  # a tile the user sets is kept
     assert tiled.tiling_for(cfg).tile == (128, 96)  # without the model: the training patch
+
+
+def _stepped(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The tiled path's step-by-step forward of ``block`` (``_block``) on one tile covering all of ``x``, each
+    GroupNorm handed that tile's own statistics."""
+    from medgen.models.tiled import _block, _tile_stats
+
+    steps = _block(block, [x], x.device)
+    try:
+        request = next(steps)
+        while True:
+            request = steps.send(_tile_stats(request))
+    except StopIteration as done:
+        return done.value
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_stepped_blocks_equal_monai_forward(dims):
+    """The tiled path re-implements the forward of MONAI's AEKLResBlock and SpatialAttentionBlock between
+    GroupNorms: on one whole tile it must give MONAI's own output, so a MONAI release that changes those blocks
+    fails here instead of changing tiled outputs unnoticed."""
+    from monai.networks.blocks.spatialattention import SpatialAttentionBlock
+    from monai.networks.nets.autoencoderkl import AEKLResBlock
+
+    model = _model(dims, attention=True)
+    torch.manual_seed(1)
+    for norm in (m for m in model.modules() if isinstance(m, torch.nn.GroupNorm)):  # make the affine part count
+        norm.weight.data.uniform_(0.5, 1.5)
+        norm.bias.data.uniform_(-0.5, 0.5)
+    blocks = list(model.encoder.blocks) + list(model.decoder.blocks)
+    cases = {
+        "res block": next(b for b in blocks if isinstance(b, AEKLResBlock) and b.in_channels == b.out_channels),
+        "res block, channel change": next(b for b in blocks if isinstance(b, AEKLResBlock) and b.in_channels != b.out_channels),
+        "attention": next(b for b in blocks if isinstance(b, SpatialAttentionBlock)),
+    }
+    for name, block in cases.items():
+        channels = block.in_channels if isinstance(block, AEKLResBlock) else block.norm.num_channels
+        x = 0.3 + 2.0 * torch.randn(2, channels, *(6, 10, 4)[:dims])  # two samples: statistics are per sample
+        with torch.no_grad():
+            expected = block(x)
+            got = _stepped(block, x)
+        assert got.shape == expected.shape, name
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5, msg=lambda m: f"{name}: {m}")

@@ -102,7 +102,7 @@ def test_scale_factor_is_one_over_std_of_all_training_latents(run2d):
 
     ckpt = load_checkpoint(run2d / "checkpoints" / "last.pt")
     latents = sorted((run2d / "cache" / "latents").glob("*.pt"))
-    assert len(latents) == 10 and all(load_latent(p).shape == (2, 20, 20) for p in latents)  # 8 train + 2 val, once
+    assert len(latents) == 10 and all(load_latent(p)["z_mu"].shape == (2, 20, 20) for p in latents)  # 8 train + 2 val, once
     cfg = load_config(run2d / "config.json")
     train, _ = discover_items(cfg)
     # direct computation: encode every training image again, the std of all their values at once

@@ -18,7 +18,7 @@ import os
 import sys
 import traceback
 
-from medgen.errors import MedgenError
+from medgen.errors import MedgenError, is_out_of_memory
 
 COMMANDS = (
     "medgen.cli.data",  # demo-data, check-data
@@ -48,15 +48,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _out_of_memory(exc: BaseException) -> bool:
-    import torch
-
-    if isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)):
-        return True
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower())
-
-
 def report(exc: BaseException, debug: bool = False) -> int:
     """The exit code for ``exc``, after one line on stderr (or the traceback with ``debug``); re-raises bugs."""
     if isinstance(exc, KeyboardInterrupt):
@@ -73,7 +64,7 @@ def report(exc: BaseException, debug: bool = False) -> int:
         if not debug:
             print(f"medgen: {exc.strerror or type(exc).__name__}: {exc.filename}", file=sys.stderr)
         return EXIT_ERROR
-    if _out_of_memory(exc):
+    if is_out_of_memory(exc):
         if not debug:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             print(f"medgen: out of memory ({first}); use a smaller image, patch_size, batch size or model, "

@@ -10,8 +10,8 @@ from medgen.errors import InvalidValueError, MissingInputError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from medgen.inference.autoencoder import FORMATS, LATENT_FORMATS
-    from medgen.inference.sample import FORMATS as SAMPLE_FORMATS
+    from medgen.data.latents import LATENT_FORMATS
+    from medgen.io.writer import FORMATS
 
     p = subparsers.add_parser(
         "reconstruct", help="reconstruct whole images or volumes with a trained autoencoder (tiled, any size)",
@@ -52,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, help="run_dir/checkpoints/last.pt of `medgen train-wgan` or `medgen train-ldm`")
     p.add_argument("--count", type=int, required=True, help="number of images")
     p.add_argument("--output", required=True, help="folder for sample_00000.<ext>, ...")
-    p.add_argument("--format", choices=sorted(SAMPLE_FORMATS), default="png", help="png (16-bit), nii (.nii.gz) or dcm")
+    p.add_argument("--format", choices=sorted(FORMATS), default="png", help="png (16-bit), nii (.nii.gz) or dcm")
     p.add_argument("--seed", type=int, default=0, help="noise seed (same seed, same images)")
     p.add_argument("--batch-size", type=int, default=None, help="images generated at a time (default 16; latent diffusion 4)")
     p.add_argument("--force", action="store_true", help="sample even from a generator that never took a training step")
@@ -184,7 +184,7 @@ def sample(args: argparse.Namespace) -> int:
 
 
 def check_copies(args: argparse.Namespace) -> int:
-    from medgen.inference.copies import check_copies as check
+    from medgen.inference.check_copies import check_copies as check
 
     r = check(args.samples, args.train, args.output, args.threshold)
     closest = r["samples"][0] if r["samples"] else None
@@ -196,7 +196,7 @@ def check_copies(args: argparse.Namespace) -> int:
 
 
 def fit_decoder(args: argparse.Namespace) -> int:
-    from medgen.inference.fit_decoder import fit_decoder as fit, write_like_input
+    from medgen.training.fit_decoder import fit_decoder as fit, write_like_input
     from medgen.io import read_image, read_image_and_info
 
     for name in ("input", "mask"):

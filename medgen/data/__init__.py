@@ -6,8 +6,8 @@
 - ``window``: the per-image intensity window, exact percentiles from value counts.
 - ``datasets``: datasets over the caches, per-item seeded loaders whose workers persist, skipping files that
   break mid-run.
-- ``latents``: whole-image latents cached on disk (keyed on the autoencoder and the image) and random
-  latent crops for latent diffusion.
+- ``latents``: the latent file format (what ``medgen encode`` writes and latent diffusion caches, keyed on
+  the autoencoder and the image), its loader, the mean/std of many latents, and random latent crops.
 - ``check``: reading every item before training and the report ``medgen check-data`` prints.
 - ``demo``: synthetic panoramic-like radiographs and CBCT-like series in the edente/ dente/ layout.
 

@@ -1,25 +1,28 @@
-"""Use a trained autoencoder: ``medgen reconstruct`` and ``medgen encode`` (also called by the VAE bundles).
+"""The autoencoder commands: ``medgen reconstruct``, ``encode`` and ``decode`` (also called by the VAE bundles).
 
-Both read what the model was trained with from the checkpoint (architecture, ``patch_size``, intensity
-window, ``patch_mode``), apply the training's deterministic preprocessing
-(:func:`medgen.data.transforms.deterministic_transforms`: read, window to [0, 1], pad up to or resize to
-``patch_size``) and take a file, a folder or a training config's validation split as input.
+Each reads what the model was trained with from the checkpoint (:func:`medgen.models.autoencoder.load_model`:
+architecture, ``patch_size``, intensity window, ``patch_mode``), applies the training's deterministic
+preprocessing (:func:`medgen.data.whole.model_input`: read, window to [0, 1], pad up to or resize to
+``patch_size``) and takes a file, a folder or a training config's validation split as input
+(:func:`medgen.inference.inputs.find_inputs`).
 
 All three run through :mod:`medgen.models.tiled`: overlapping tiles that advance through the network
 together, normalised with the whole image's GroupNorm statistics and stitched with a cross-fade, so whole
 panoramic radiographs and CBCT volumes run in bounded memory and come out as one image without seams.
-Tile size and overlap default to twice the training patch and a quarter of the tile (``--tile-size``,
+Tiles default to the training patch (shrunk when one tile of it would need more than half the device's free
+memory, :func:`medgen.models.tiled.tiling_for`) and overlap by a quarter of the tile (``--tile-size``,
 ``--overlap``).
 
 - **reconstruct**: ``decode(z_mu)`` of the whole image, brought back to the input's shape (padding cropped
   in ``crop`` mode, resized back in ``resize`` mode) and written with the input's spacing, in the model's
-  [0, 1] intensity space. ``report=True`` adds each output's seam ratio (:func:`medgen.models.tiled.seam_ratio`)
+  [0, 1] intensity space. ``report=True`` adds each output's seam ratio (:func:`medgen.metrics.seams.seam_ratio`)
   in ``reconstruct_report.json``.
-- **encode**: the latent mean ``z_mu`` (and with ``sample=True`` one draw ``z = z_mu + sigma * eps``) of the
-  whole preprocessed image. In ``crop`` mode an image whose size is not a multiple of the model's
-  downsampling factor is first padded (zeros, both sides) to the next multiple; ``image_shape`` in the
-  latent file records the size to crop the decoded image back to. In ``resize`` mode every image is encoded
-  at ``patch_size``. ``scale_factor.json`` holds ``1 / std`` of the written latents over the whole set, the
+- **encode**: one latent file per image (:mod:`medgen.data.latents`, the format latent diffusion caches too):
+  the latent mean ``z_mu`` (and with ``sample=True`` one draw ``z = z_mu + sigma * eps``) of the whole
+  preprocessed image. In ``crop`` mode an image whose size is not a multiple of the model's downsampling
+  factor is first padded (zeros, both sides) to the next multiple; ``image_shape`` in the latent file
+  records the size to crop the decoded image back to. In ``resize`` mode every image is encoded at
+  ``patch_size``. ``scale_factor.json`` holds ``1 / std`` of the written latents over the whole set, the
   factor latent diffusion multiplies latents by.
 - **decode**: latent files back to images, the reverse of ``encode``; with the same tiling, ``decode`` of
   ``encode``'s ``z_mu`` is ``reconstruct``'s output.
@@ -34,7 +37,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,24 +45,19 @@ import torch
 from monai.networks.nets import AutoencoderKL
 from tqdm import tqdm
 
-from medgen.config import AutoencoderDef, ConfigError, VAEConfig, from_dict, load_config
-from medgen.errors import MedgenError, MissingInputError
-from medgen.io.checkpoint import load_checkpoint, save_checkpoint
-from medgen.io.files import atomic_path, write_text_atomic
-from medgen.data.whole import model_input, preprocess, to_image_shape as _to_image_shape
-from medgen.models.autoencoder import build_autoencoder, load_autoencoder
-from medgen.models.tiled import Tiling, downsample_factor, tiling_for, output_borders, seam_ratio, tiled_decode, tiled_encode
+from medgen.config import ConfigError, VAEConfig
+from medgen.data.latents import LATENT_FORMATS, RunningMoments, encode_image, load_latent, save_latent
+from medgen.data.transforms import deterministic_transforms
+from medgen.data.whole import model_input, to_image_shape
+from medgen.errors import out_of_memory_as
+from medgen.inference.inputs import InputItem, find_inputs, find_latents
+from medgen.io.files import write_text_atomic
+from medgen.io.writer import format_suffix
+from medgen.metrics.seams import seam_ratio
+from medgen.models.autoencoder import load_model
+from medgen.models.tiled import Tiling, downsample_factor, output_borders, tiled_decode, tiled_encode, tiling_for
 
 __all__ = [
-    "InputItem",
-    "ReconstructionAutoencoderKL",
-    "reconstruction_network",
-    "checkpoint_config",
-    "load_model",
-    "find_inputs",
-    "find_latents",
-    "tiling_for",
-    "preprocess",
     "reconstruct_items",
     "encode_items",
     "decode_items",
@@ -68,167 +65,43 @@ __all__ = [
     "reconstruct",
     "encode",
     "decode",
-    "InferenceMemoryError",
 ]
 
-FORMATS = {"nii": ".nii.gz", "png": ".png", "dcm": ".dcm"}
-LATENT_FORMATS = ("pt", "npz")
 SCALE_FACTOR_FILE = "scale_factor.json"
 REPORT_FILE = "reconstruct_report.json"
-# Suffixes dropped from input names before the output suffix is added (others, e.g. UID-like names, are kept).
-_INPUT_SUFFIXES = (".nii.gz", ".nii", ".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 
-class ReconstructionAutoencoderKL(AutoencoderKL):
-    """MONAI ``AutoencoderKL`` whose ``forward`` is the deterministic reconstruction ``decode(z_mu)``.
-
-    MONAI's ``forward`` samples ``z`` (two calls differ) and returns ``(reconstruction, z_mu, z_sigma)``;
-    this is the network inference runs and ``monai.bundle ckpt_export`` exports. Same modules and
-    state-dict keys as ``AutoencoderKL``, so medgen checkpoints load unchanged.
-
-    Input ``(B, C, *spatial)``, each spatial size a multiple of the downsampling factor; output the same shape.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return self.reconstruct(x)
+def _tiles_fit(what: str, shape: Sequence[int], tiling: Tiling):
+    """Running out of memory inside it raises :class:`medgen.errors.OutOfMemoryError` naming ``--tile-size``."""
+    tile = "x".join(map(str, tiling.tile))
+    return out_of_memory_as(
+        f"{what} ({'x'.join(map(str, shape))}) did not fit with tiles of {tile} pixels: lower --tile-size "
+        f"(each tile's work needs device memory) or run on a machine with more memory (the tiles of the whole "
+        f"image wait in host memory)")
 
 
-def reconstruction_network(autoencoder_def: AutoencoderDef | dict) -> ReconstructionAutoencoderKL:
-    """The architecture of ``autoencoder_def`` (built by :func:`medgen.models.autoencoder.build_autoencoder`,
-    untrained, eval mode) as a :class:`ReconstructionAutoencoderKL`: the bundles' ``network_def``."""
-    if not isinstance(autoencoder_def, AutoencoderDef):
-        autoencoder_def = from_dict(AutoencoderDef, dict(autoencoder_def), prefix="autoencoder_def.")
-    return build_autoencoder(autoencoder_def, cls=ReconstructionAutoencoderKL).eval()
+def _guarded_encoder(model: AutoencoderKL, what: str):
+    """:func:`tiled_encode` of ``model`` as :func:`medgen.data.latents.encode_image` calls it, running out of
+    memory reported as ``what`` did not fit."""
+    def encoder(x: torch.Tensor, tiling: Tiling) -> tuple[torch.Tensor, torch.Tensor]:
+        with _tiles_fit(what, x.shape[2:], tiling):
+            return tiled_encode(model, x, tiling)
 
-
-# ------------------------------------------------------------------------------------------- model + config
-def checkpoint_config(checkpoint: str | Path, config: str | Path | None = None) -> VAEConfig:
-    """The training config stored in a medgen checkpoint, or ``config`` for a checkpoint without one.
-
-    Args:
-        checkpoint: a checkpoint written by the VAE trainer (``{"autoencoder", "config", ...}``) or a plain
-            AutoencoderKL state dict.
-        config: a VAE config JSON (architecture, ``patch_size``, preprocessing); used only when the checkpoint
-            holds no config.
-
-    Raises:
-        ConfigError: no config in the checkpoint and none given, or the stored config is not a VAE config.
-    """
-    checkpoint = Path(checkpoint)
-    ckpt = load_checkpoint(checkpoint, mmap=True)  # mmap: the small config without reading every tensor
-    stored = ckpt.get("config") if isinstance(ckpt, dict) else None
-    if isinstance(stored, dict):
-        if "autoencoder_def" not in stored:
-            raise ConfigError(
-                f"{checkpoint} was not written by the VAE trainer (its config has no autoencoder_def; a WGAN or GAN "
-                "checkpoint?); reconstruct and encode need an AutoencoderKL checkpoint"
-            )
-        return VAEConfig.from_dict(stored)
-    if config is None:
-        raise ConfigError(
-            f"{checkpoint} holds no training config (a plain state dict?); pass --config with the VAE config it was "
-            "trained with (autoencoder_def, autoencoder_train.patch_size, intensity_percentiles, patch_mode)"
-        )
-    return load_config(config)
-
-
-def load_model(
-    checkpoint: str | Path, config: str | Path | None = None, device: str | torch.device | None = None
-) -> tuple[AutoencoderKL, VAEConfig]:
-    """``(autoencoder in eval mode on device, training config)`` from a checkpoint (see :func:`checkpoint_config`)."""
-    device = torch.device(device) if device is not None else default_device()
-    cfg = checkpoint_config(checkpoint, config)
-    model = load_autoencoder(checkpoint, cfg.autoencoder_def, map_location=device)
-    return model, cfg
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-class InferenceMemoryError(MedgenError):
-    """Out of memory while encoding or decoding an image; the message names the setting to lower."""
-
-    kind = "out of memory"
-
-
-class _memory_guard:
-    """Turns an out-of-memory error for one image into :class:`InferenceMemoryError` naming ``--tile-size``."""
-
-    def __init__(self, what: str, shape: Sequence[int], tiling: Tiling) -> None:
-        self.what, self.shape, self.tiling = what, tuple(shape), tiling
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        text = str(exc) if exc is not None else ""
-        oom = isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)) or (
-            isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower()))
-        if oom:
-            tile = "x".join(map(str, self.tiling.tile))
-            raise InferenceMemoryError(
-                f"{self.what} ({'x'.join(map(str, self.shape))}) did not fit with tiles of {tile} pixels: lower --tile-size "
-                f"(each tile's work needs device memory) or run on a machine with more memory (the tiles of the whole "
-                f"image wait in host memory)"
-            ) from None
-        return False
-
-
-# ------------------------------------------------------------------------------------------- inputs
-@dataclass(frozen=True)
-class InputItem:
-    """One image to process: ``path`` (file or DICOM series folder) and ``name``, the output path stem
-    relative to the output folder (from the input's relative path, never from header values)."""
-
-    path: Path
-    name: str
-
-
-def _stem(relative: str) -> str:
-    lower = relative.lower()
-    for suffix in _INPUT_SUFFIXES:
-        if lower.endswith(suffix) and len(relative) > len(suffix):
-            return relative[: -len(suffix)]
-    return relative
-
-
-def _named(paths: Sequence[Path], base: Path) -> list[InputItem]:
-    from medgen.io.discovery import relative_name
-
-    rels = []
-    for p in paths:
-        rel = relative_name(p, base)
-        rels.append(p.name if rel in ("", ".") or rel.startswith("..") else rel)
-    stems = [_stem(r) for r in rels]
-    # a.png and a.dcm side by side would both become a.nii.gz: those keep their full name
-    clash = {s for s in stems if stems.count(s) > 1}
-    return [InputItem(p, r if s in clash else s) for p, r, s in zip(paths, rels, stems)]
-
-
-def find_inputs(source: str | Path) -> list[InputItem]:
-    """The images named by ``source`` (:func:`medgen.io.discovery.data_source`, as ``check-data`` and training
-    read it): an image file, a DICOM series folder, a data folder (its edente/ dente/ images, or every image
-    under it), or a training config JSON, whose validation split is used.
-
-    Returns:
-        items sorted by path; names are relative to the folder (or the config's ``data_base_dir``).
-    """
-    from medgen.io.discovery import data_source
-
-    src = data_source(source)
-    items = src.val if src.config is not None else src.train
-    if src.config is not None and not items:
-        raise ConfigError(f"{source}: its validation split is empty (train_split={src.config.train_split}, val_dir={src.config.val_dir})")
-    return _named(sorted(Path(it["image"]) for it in items), src.base)
+    return encoder
 
 
 # ------------------------------------------------------------------------------------------- reconstruct
+def _check_format(fmt: str, cfg: VAEConfig) -> None:
+    format_suffix(fmt)
+    if fmt == "png" and cfg.spatial_dims == 3:
+        raise ConfigError("--format png holds 2D images only; use --format nii or dcm for volumes")
+
+
 def _write(y: torch.Tensor, item: InputItem, output_dir: Path, fmt: str, spacing: Sequence[float]) -> Path:
     from medgen.io.discovery import image_kind
     from medgen.io.writer import write_image
 
-    out = output_dir / f"{item.name}{FORMATS[fmt]}"
+    out = output_dir / f"{item.name}{format_suffix(fmt)}"
     array = y.detach().cpu().float().numpy()
     if fmt == "nii":
         return write_image(array, out, spacing=spacing)
@@ -264,12 +137,7 @@ def reconstruct_items(
     Returns:
         the image files written.
     """
-    from medgen.data.transforms import deterministic_transforms
-
-    if fmt not in FORMATS:
-        raise ConfigError(f"--format {fmt} is not one of {', '.join(FORMATS)}")
-    if fmt == "png" and cfg.spatial_dims == 3:
-        raise ConfigError("--format png holds 2D images only; use --format nii or dcm for volumes")
+    _check_format(fmt, cfg)
     output_dir = Path(output_dir)
     tiling = tiling or tiling_for(cfg)
     chain = deterministic_transforms(cfg, cfg.autoencoder_train.patch_size)
@@ -278,7 +146,7 @@ def reconstruct_items(
     written, seams = [], {}
     for item in tqdm(items, desc="reconstruct", unit="image", disable=not progress, dynamic_ncols=True):
         x, image_shape, spacing = model_input(cfg, item, chain)
-        with _memory_guard(f"reconstructing {item.name}", x.shape[2:], tiling):
+        with _tiles_fit(f"reconstructing {item.name}", x.shape[2:], tiling):
             z_mu, _ = tiled_encode(model, x, tiling)
             y = tiled_decode(model, z_mu, tiling)[0]
         if report:
@@ -286,7 +154,7 @@ def reconstruct_items(
                 "seam_ratio": seam_ratio(y, output_borders(x.shape[2:], tiling, factor)),
                 "image_shape": list(image_shape), "model_shape": list(x.shape[2:]),
             }
-        y = _to_image_shape(y.cpu(), image_shape, cfg.patch_mode).clamp(0.0, 1.0)
+        y = to_image_shape(y.cpu(), image_shape, cfg.patch_mode).clamp(0.0, 1.0)
         written.append(_write(y, item, output_dir, fmt, spacing))
     if report:
         ratios = [v["seam_ratio"] for v in seams.values() if math.isfinite(v["seam_ratio"])]
@@ -302,36 +170,6 @@ def reconstruct_items(
 
 
 # ------------------------------------------------------------------------------------------- encode
-class _RunningMoments:
-    """Mean and variance over many tensors of different sizes (Chan et al.'s pairwise merge, float64)."""
-
-    def __init__(self) -> None:
-        self.n, self.mean, self.m2 = 0, 0.0, 0.0
-
-    def add(self, t: torch.Tensor) -> None:
-        t = t.detach().double().flatten()
-        n, mean = t.numel(), t.mean().item()
-        m2 = (t - mean).pow(2).sum().item()
-        total = self.n + n
-        delta = mean - self.mean
-        self.mean += delta * n / total
-        self.m2 += m2 + delta * delta * self.n * n / total
-        self.n = total
-
-    @property
-    def std(self) -> float:  # unbiased, as torch.std
-        return math.sqrt(self.m2 / (self.n - 1)) if self.n > 1 else float("nan")
-
-
-def _save_latent(record: dict, path: Path, latent_format: str) -> Path:
-    if latent_format == "pt":
-        return save_checkpoint(record, path)  # atomic; loads with weights_only=True
-    arrays = {k: (v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v)) for k, v in record.items()}
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez adds no suffix
-        np.savez(f, **arrays)
-    return path
-
-
 def encode_items(
     model: AutoencoderKL,
     cfg: VAEConfig,
@@ -345,10 +183,10 @@ def encode_items(
 ) -> dict[str, Any]:
     """Write each item's latents and ``scale_factor.json``.
 
-    Each latent file ``output_dir/<item.name>.<pt|npz>`` holds ``z_mu`` ``(latent_channels, *latent_spatial)``
-    (float32), ``z`` (one sample, when ``sample``), ``image_shape`` (the spatial shape as read),
-    ``model_shape`` (the shape that was encoded, after padding or resizing), ``spacing``, ``patch_mode``,
-    ``downsample_factor`` and the ``tile_size`` and ``overlap`` it was encoded with.
+    Each latent file ``output_dir/<item.name>.<pt|npz>`` is :func:`medgen.data.latents.encode_image`'s record:
+    ``z_mu`` ``(latent_channels, *latent_spatial)`` (float32), ``z`` (one sample, when ``sample``),
+    ``image_shape``, ``model_shape``, ``spacing``, ``patch_mode``, ``downsample_factor`` and the ``tile_size``
+    and ``overlap`` it was encoded with.
 
     Args:
         model, cfg: the trained autoencoder and its training config.
@@ -362,31 +200,19 @@ def encode_items(
         the content of ``scale_factor.json``: ``scale_factor`` (1 / std), ``std``, ``mean``, ``latent``
         (``"z"`` or ``"z_mu"``), ``num_images``, ``num_values``, ``latent_channels``, ``downsample_factor``.
     """
-    from medgen.data.transforms import deterministic_transforms
-
     if latent_format not in LATENT_FORMATS:
         raise ConfigError(f"--latent-format {latent_format} is not one of {', '.join(LATENT_FORMATS)}")
     output_dir = Path(output_dir)
     tiling = tiling or tiling_for(cfg)
     factor = cfg.autoencoder_def.downsample_factor
     chain = deterministic_transforms(cfg, cfg.autoencoder_train.patch_size)
-    generator = torch.Generator().manual_seed(seed)
-    moments = _RunningMoments()
+    generator = torch.Generator().manual_seed(seed) if sample else None
+    moments = RunningMoments()
     model.eval()
     for item in tqdm(items, desc="encode", unit="image", disable=not progress, dynamic_ncols=True):
-        x, image_shape, spacing = model_input(cfg, item, chain)
-        with _memory_guard(f"encoding {item.name}", x.shape[2:], tiling):
-            z_mu, z_sigma = tiled_encode(model, x, tiling)
-        record: dict[str, Any] = {"z_mu": z_mu[0].float().cpu()}
-        if sample:
-            eps = torch.randn(record["z_mu"].shape, generator=generator)
-            record["z"] = record["z_mu"] + z_sigma[0].float().cpu() * eps
+        record = encode_image(cfg, item, _guarded_encoder(model, f"encoding {item.name}"), tiling, chain, generator)
         moments.add(record["z" if sample else "z_mu"])
-        record.update(
-            image_shape=list(image_shape), model_shape=list(x.shape[2:]), spacing=list(spacing),
-            patch_mode=cfg.patch_mode, downsample_factor=factor, tile_size=list(tiling.tile), overlap=list(tiling.overlap),
-        )
-        _save_latent(record, output_dir / f"{item.name}.{latent_format}", latent_format)
+        save_latent(record, output_dir / f"{item.name}.{latent_format}")
     stats = {
         "scale_factor": 1.0 / moments.std if moments.std > 0 else float("nan"),
         "std": moments.std,
@@ -400,32 +226,6 @@ def encode_items(
     output_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(output_dir / SCALE_FACTOR_FILE, json.dumps(stats, indent=2) + "\n")
     return stats
-
-
-def load_latent(path: str | Path) -> dict[str, Any]:
-    """A latent file written by :func:`encode_items` (``.pt`` or ``.npz``) as a dict."""
-    path = Path(path)
-    if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
-    record = load_checkpoint(path)
-    if not isinstance(record, dict) or "z_mu" not in record or "image_shape" not in record:
-        raise ConfigError(f"{path} is not a latent file written by `medgen encode` (no z_mu / image_shape)")
-    return record
-
-
-def find_latents(source: str | Path) -> list[tuple[Path, str]]:
-    """``(path, name)`` of the latent files named by ``source``: one ``.pt``/``.npz`` file or a folder of them
-    (searched recursively, as ``encode`` writes them); ``name`` is the path relative to the folder, no suffix."""
-    source = Path(source)
-    if not source.exists():
-        raise MissingInputError(f"--input {source} does not exist; give a latent file or the output folder of `medgen encode`")
-    if source.is_file():
-        return [(source, source.name.rsplit(".", 1)[0])]
-    files = sorted(p for p in source.rglob("*") if p.suffix in (".pt", ".npz") and p.is_file())
-    if not files:
-        raise MissingInputError(f"{source} holds no .pt or .npz latent files; write them with `medgen encode`")
-    return [(p, p.relative_to(source).as_posix().rsplit(".", 1)[0]) for p in files]
 
 
 def decode_latents(
@@ -450,10 +250,10 @@ def decode_latents(
         f = downsample_factor(model)
         tile = record.get("tile_size")
         tiling = Tiling.of(np.asarray(tile).tolist(), np.asarray(record["overlap"]).tolist(), z.ndim - 1, f) if tile is not None \
-            else Tiling.of([s * f for s in z.shape[1:]], 0, z.ndim - 1, f)  # no tile_size recorded: one tile
+            else Tiling.of([s * f for s in z.shape[1:]], 0, z.ndim - 1, f)  # a record without its tiling: one tile
     y = tiled_decode(model, z[None], tiling)[0].cpu()
     shape = [int(s) for s in np.asarray(record["image_shape"]).tolist()]
-    return _to_image_shape(y, shape, str(np.asarray(record["patch_mode"]))).clamp(0.0, 1.0)
+    return to_image_shape(y, shape, str(np.asarray(record["patch_mode"]))).clamp(0.0, 1.0)
 
 
 def decode_items(
@@ -468,16 +268,13 @@ def decode_items(
 ) -> list[Path]:
     """Decode the latent files of ``source`` (:func:`find_latents`) into ``output_dir/<name>.<fmt>``, in the
     encoded image's shape and spacing; with the same tiling as ``reconstruct``, the same images."""
-    if fmt not in FORMATS:
-        raise ConfigError(f"--format {fmt} is not one of {', '.join(FORMATS)}")
-    if fmt == "png" and cfg.spatial_dims == 3:
-        raise ConfigError("--format png holds 2D images only; use --format nii or dcm for volumes")
+    _check_format(fmt, cfg)
     tiling = tiling or tiling_for(cfg)
     written = []
     for path, name in tqdm(find_latents(source), desc="decode", unit="image", disable=not progress, dynamic_ncols=True):
-        record = load_latent(path)
+        record = load_latent(path, required=("z_mu", "image_shape"))
         latent = record[key] if key in record else record["z_mu"]
-        with _memory_guard(f"decoding {path.name}", [s * cfg.autoencoder_def.downsample_factor for s in np.shape(latent)[1:]], tiling):
+        with _tiles_fit(f"decoding {path.name}", [s * cfg.autoencoder_def.downsample_factor for s in np.shape(latent)[1:]], tiling):
             y = decode_latents(model, record, key, tiling)
         spacing = [float(v) for v in np.asarray(record["spacing"]).tolist()]
         written.append(_write(y, InputItem(path, name), Path(output_dir), fmt, spacing))

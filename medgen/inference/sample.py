@@ -26,12 +26,11 @@ import torch
 from tqdm import tqdm
 
 from medgen.errors import InvalidValueError, OutputExistsError
-from medgen.inference.autoencoder import default_device
+from medgen.io.writer import format_suffix
+from medgen.models.device import default_device
 
 __all__ = ["load_generator", "generate", "sample_to_files", "is_ldm_checkpoint", "load_ldm", "generate_ldm",
            "sample_ldm_to_files", "sample_ldm_classes"]
-
-FORMATS = {"png": ".png", "nii": ".nii.gz", "dcm": ".dcm"}
 
 
 def load_generator(checkpoint: str | Path, device: str | torch.device = "cpu", use_ema: bool = True,
@@ -280,11 +279,10 @@ def sample_ldm_classes(
 
 def _sample_paths(output: str | Path, count: int, fmt: str) -> list[Path]:
     """``output/sample_00000.<ext>``, ...; refuses an unknown format, and when any exists (nothing is overwritten)."""
-    if fmt not in FORMATS:
-        raise InvalidValueError(f"format {fmt!r} is not known; choose one of {list(FORMATS)}")
+    suffix = format_suffix(fmt)
     output = Path(output)
     width = max(5, len(str(count - 1)))
-    paths = [output / f"sample_{i:0{width}d}{FORMATS[fmt]}" for i in range(count)]
+    paths = [output / f"sample_{i:0{width}d}{suffix}" for i in range(count)]
     existing = [p for p in paths if p.exists()]
     if existing:
         raise OutputExistsError(f"{existing[0]} already exists; choose another --output folder (nothing was overwritten)")

@@ -9,6 +9,8 @@ DICOM export is a Secondary Capture (multi-frame grayscale word SC for 3D) with 
 images, and no identifying attributes: the patient/study attributes the IOD requires are present but
 empty, and from a ``reference`` dataset only the geometry/pixel-description attributes in
 ``REFERENCE_ALLOW_LIST`` are copied.
+
+``FORMATS`` are the output formats the commands offer (``--format``) and their suffixes.
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ import numpy as np
 from medgen.errors import InvalidValueError
 from medgen.io.files import atomic_path
 
-__all__ = ["write_image", "REFERENCE_ALLOW_LIST"]
+__all__ = ["write_image", "format_suffix", "FORMATS", "REFERENCE_ALLOW_LIST"]
+
+# The output formats medgen's commands offer (``--format``) and the suffix each is written with.
+FORMATS = {"nii": ".nii.gz", "png": ".png", "dcm": ".dcm"}
 
 # Attributes copied from a reference DICOM: geometry and acquisition kind only, nothing that identifies anyone.
 REFERENCE_ALLOW_LIST = (
@@ -47,6 +52,13 @@ _EMPTY_TYPE2 = (
     "StudyID",
     "AccessionNumber",
 )
+
+
+def format_suffix(fmt: str) -> str:
+    """The file suffix of the output format ``fmt`` (one of :data:`FORMATS`); an unknown format is refused."""
+    if fmt not in FORMATS:
+        raise InvalidValueError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
+    return FORMATS[fmt]
 
 
 def write_image(

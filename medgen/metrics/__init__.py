@@ -1,6 +1,7 @@
 """Sample and reconstruction quality: PSNR/SSIM, weight-free diversity, histogram and power-spectrum distances, FID/KID (on a
-feature network from a local file or from the weights directory), and the copy check (nearest training image
-of each sample, :mod:`medgen.metrics.copies`)."""
+feature network from a local file or from the weights directory), the seam ratio of tiled reconstructions
+(:mod:`medgen.metrics.seams`), and the copy check (nearest training image of each sample,
+:mod:`medgen.metrics.copies`)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from .image_quality import (
     ssim,
     ssim_diversity,
 )
+from .seams import seam_ratio
 
 __all__ = [
     "FeatureExtractor",
@@ -31,4 +33,5 @@ __all__ = [
     "histogram_intersection",
     "radial_power_spectrum",
     "spectrum_distance",
+    "seam_ratio",
 ]

@@ -1,5 +1,6 @@
-"""Networks: AutoencoderKL / PatchDiscriminator factories and loading (incl. monai-generative state dicts), the
-WGAN generator and critic, and the two configurable decoders (``ConvDecoder``, ``ProgressiveDecoder``)."""
+"""Networks: AutoencoderKL / PatchDiscriminator factories and loading (incl. monai-generative state dicts, and the
+training config a checkpoint holds), tiled encode/decode (``tiled``), the default device (``device``), the WGAN
+generator and critic, and the two configurable decoders (``ConvDecoder``, ``ProgressiveDecoder``)."""
 
 # decoders
 from medgen.models.conv_decoder import ConvDecoder, ConvDecoderConfig  # noqa: F401

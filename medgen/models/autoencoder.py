@@ -1,4 +1,5 @@
-"""AutoencoderKL and PatchDiscriminator factories (MONAI core), and loading trained autoencoders."""
+"""AutoencoderKL and PatchDiscriminator factories (MONAI core), and loading trained autoencoders with the
+config they were trained with."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from typing import Any, Mapping
 import torch
 from monai.networks.nets import AutoencoderKL, PatchDiscriminator
 
-from medgen.config import AutoencoderDef, ConfigError, DiscriminatorDef, from_dict
+from medgen.config import AutoencoderDef, ConfigError, DiscriminatorDef, VAEConfig, from_dict, load_config
 from medgen.errors import InvalidValueError
-from medgen.io.checkpoint import load_checkpoint, without_prefix
+from medgen.io.checkpoint import CheckpointError, load_checkpoint, without_prefix
+from medgen.models.device import default_device
 
 
 def build_autoencoder(ae_def: AutoencoderDef, cls: type[AutoencoderKL] = AutoencoderKL) -> AutoencoderKL:
@@ -34,6 +36,28 @@ def build_autoencoder(ae_def: AutoencoderDef, cls: type[AutoencoderKL] = Autoenc
         # PyTorch's scaled-dot-product attention: no attention matrix is materialised (same weights and keys)
         use_flash_attention=True,
     )
+
+
+class ReconstructionAutoencoderKL(AutoencoderKL):
+    """MONAI ``AutoencoderKL`` whose ``forward`` is the deterministic reconstruction ``decode(z_mu)``.
+
+    MONAI's ``forward`` samples ``z`` (two calls differ) and returns ``(reconstruction, z_mu, z_sigma)``;
+    this is the network inference runs and ``monai.bundle ckpt_export`` exports. Same modules and
+    state-dict keys as ``AutoencoderKL``, so medgen checkpoints load unchanged.
+
+    Input ``(B, C, *spatial)``, each spatial size a multiple of the downsampling factor; output the same shape.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return self.reconstruct(x)
+
+
+def reconstruction_network(autoencoder_def: AutoencoderDef | dict) -> ReconstructionAutoencoderKL:
+    """The architecture of ``autoencoder_def`` (built by :func:`build_autoencoder`,
+    untrained, eval mode) as a :class:`ReconstructionAutoencoderKL`: the bundles' ``network_def``."""
+    if not isinstance(autoencoder_def, AutoencoderDef):
+        autoencoder_def = from_dict(AutoencoderDef, dict(autoencoder_def), prefix="autoencoder_def.")
+    return build_autoencoder(autoencoder_def, cls=ReconstructionAutoencoderKL).eval()
 
 
 def build_discriminator(disc_def: DiscriminatorDef, spatial_dims: int, in_channels: int) -> PatchDiscriminator:
@@ -97,3 +121,48 @@ def load_autoencoder(
                 f"state dict of this architecture): {e}"
             ) from None
     return model.to(map_location).eval()
+
+
+def autoencoder_config(checkpoint: str | Path, config: str | Path | None = None, key: str | None = None) -> VAEConfig:
+    """The training config of an autoencoder checkpoint: the one ``medgen train-vae`` stored in it, or ``config``
+    for a plain state dict.
+
+    Args:
+        checkpoint: a checkpoint written by the VAE trainer (``{"autoencoder", "config", ...}``) or a plain
+            AutoencoderKL state dict.
+        config: a VAE config JSON (architecture, ``patch_size``, preprocessing); used only when the checkpoint
+            holds no config.
+        key: the config key that names ``checkpoint`` (e.g. ``"autoencoder_checkpoint"``), for the messages.
+
+    Raises:
+        CheckpointError: the file does not exist.
+        ConfigError: the checkpoint holds no config and none is given, or it was written by another trainer.
+    """
+    checkpoint = Path(checkpoint)
+    name = f"{key}={checkpoint}" if key else f"checkpoint {checkpoint}"
+    if not checkpoint.is_file():
+        raise CheckpointError(f"{name} does not exist; train an autoencoder first (`medgen train-vae vae_config.json`) "
+                              "and give its run_dir/checkpoints/best.pt")
+    ckpt = load_checkpoint(checkpoint, mmap=True)  # mmap: the small config without reading every tensor
+    stored = ckpt.get("config") if isinstance(ckpt, Mapping) else None
+    if isinstance(stored, Mapping):
+        if "autoencoder_def" not in stored or "autoencoder" not in ckpt:
+            raise ConfigError(f"{name} was not written by `medgen train-vae` (no autoencoder weights and config: a WGAN, "
+                              "GAN or latent diffusion checkpoint?); give a VAE run's checkpoints/best.pt or last.pt")
+        return VAEConfig.from_dict(dict(stored))
+    if config is None:
+        raise ConfigError(
+            f"{name} holds no training config (a plain state dict?); pass --config with the VAE config it was "
+            "trained with (autoencoder_def, autoencoder_train.patch_size, intensity_percentiles, patch_mode)"
+        )
+    return load_config(config)
+
+
+def load_model(
+    checkpoint: str | Path, config: str | Path | None = None, device: str | torch.device | None = None
+) -> tuple[AutoencoderKL, VAEConfig]:
+    """``(autoencoder in eval mode on device, training config)`` from a checkpoint (see :func:`autoencoder_config`)."""
+    device = torch.device(device) if device is not None else default_device()
+    cfg = autoencoder_config(checkpoint, config)
+    model = load_autoencoder(checkpoint, cfg.autoencoder_def, map_location=device)
+    return model, cfg

@@ -21,7 +21,7 @@ Outputs are stitched from the tiles' cores with a linear cross-fade across each 
 half of the overlap (weights sum to one); the outer quarters of each overlap, where a tile's zero padding
 reaches in, are dropped. Without attention the result equals the whole-image pass once the overlap covers
 the network's receptive field; with attention each tile attends within itself and the cross-fade hides
-the difference (:func:`seam_ratio` measures it).
+the difference (:func:`medgen.metrics.seams.seam_ratio` measures it at :func:`output_borders`).
 
 Memory: the work in flight is one tile. With whole-image statistics the tiles' activations wait between two
 GroupNorms in ``storage`` (host memory when the model is on a GPU): about one layer's activation of the
@@ -36,8 +36,6 @@ from __future__ import annotations
 import copy
 import functools
 import logging
-import math
-import os
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -51,11 +49,12 @@ from monai.networks.nets.autoencoderkl import AEKLDownsample, AEKLResBlock
 from torch import nn
 
 from medgen.errors import InvalidValueError
+from medgen.models.device import free_memory
 
 if TYPE_CHECKING:
     from medgen.config import VAEConfig
 
-__all__ = ["Tiling", "tiling_for", "tile_memory", "fit_tile", "free_memory", "tile_grid", "tiled_encode", "tiled_decode", "tiled_reconstruct", "seam_ratio", "output_borders", "default_tiling", "downsample_factor"]
+__all__ = ["Tiling", "tiling_for", "tile_memory", "fit_tile", "tile_grid", "tiled_encode", "tiled_decode", "tiled_reconstruct", "output_borders", "default_tiling", "downsample_factor"]
 
 # A GroupNorm request from a tile: (the norm layer, the tile's activation before it).
 _Request = tuple[nn.GroupNorm, torch.Tensor]
@@ -138,23 +137,6 @@ def tiling_for(
     if tile_size is None and model is not None:
         tile = fit_tile(model, default.tile)
     return Tiling.of(tile, OVERLAP if overlap is None else overlap, cfg.spatial_dims, align=f, norm=norm or default.norm)
-
-
-def free_memory(device: torch.device) -> int | None:
-    """Bytes free on ``device``: a GPU's free memory, or the host's available memory (Linux); None if unknown."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def tile_memory(model: AutoencoderKL, tile: Sequence[int]) -> int:
@@ -273,8 +255,9 @@ def _norm(m: nn.GroupNorm, x: torch.Tensor, store: torch.device, device: torch.d
 
 
 def _block(m: nn.Module, held: list[torch.Tensor], store: torch.device) -> Generator[_Request, tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """``m(x)`` with every GroupNorm inside it handed to the driver (MONAI's forward, step by step). ``x`` comes
-    in ``held`` (taken out here) so that no caller keeps the input alive while this tile waits."""
+    """``m(x)`` with every GroupNorm inside it handed to the driver (MONAI's forward, step by step; the test
+    ``test_stepped_blocks_equal_monai_forward`` holds it to MONAI's own). ``x`` comes in ``held`` (taken out
+    here) so that no caller keeps the input alive while this tile waits."""
     x = held.pop()
     device = x.device
     if isinstance(m, nn.GroupNorm):
@@ -508,44 +491,10 @@ def tiled_reconstruct(
     return tiled_decode(model, z_mu, tiling, storage)
 
 
-# ----------------------------------------------------------------------------------------------- seams
-def seam_ratio(image: torch.Tensor, borders: Sequence[Sequence[int]]) -> float:
-    """How visible tile borders are: the mean absolute step between neighbouring pixels across the borders,
-    divided by the mean step across lines halfway between borders (1.0: invisible; a seam makes it larger).
-
-    Args:
-        image: ``(C, *spatial)`` or ``(*spatial)``.
-        borders: per spatial axis, the positions ``b`` of tile borders (the step is ``image[b] - image[b-1]``).
-
-    Returns:
-        the ratio, or ``nan`` when the image has no inner border.
-    """
-    img = image.float()
-    nd = len(borders)
-    if img.ndim == nd:
-        img = img[None]
-    at, mid = [], []
-    for d, bs in enumerate(borders):
-        axis = 1 + d
-        n = img.shape[axis]
-        inner = sorted(b for b in bs if 0 < b < n)
-        if not inner:
-            continue
-        edges = [0, *inner, n]
-        centres = sorted({(lo + hi) // 2 for lo, hi in zip(edges, edges[1:]) if 0 < (lo + hi) // 2 < n})
-        for b in inner:
-            at.append((img.select(axis, b) - img.select(axis, b - 1)).abs().mean())
-        for c in centres:
-            mid.append((img.select(axis, c) - img.select(axis, c - 1)).abs().mean())
-    if not at or not mid:
-        return math.nan
-    inside = torch.stack(mid).mean().item()
-    return torch.stack(at).mean().item() / inside if inside > 0 else math.inf
-
-
 def output_borders(shape: Sequence[int], tiling: Tiling, factor: int) -> list[list[int]]:
     """The tile borders of :func:`tiled_decode`'s output for an image of ``shape`` (a multiple of
-    ``factor``): where the latent tiles' cores meet, in image pixels."""
+    ``factor``): where the latent tiles' cores meet, in image pixels (where
+    :func:`medgen.metrics.seams.seam_ratio` looks for seams)."""
     latent = tiling.scaled(factor)
     axes = tile_grid([n // factor for n in shape], latent, 1)
     return [[b * factor for b in a.bounds[1:-1]] for a in axes]

@@ -6,4 +6,5 @@
 - ``data_check``: the launcher's data step (find items, check them once, stop or skip bad files).
 - ``distributed``: torchrun ranks, process group, rank-0 helpers.
 - ``images``: TensorBoard image grids (tri-planar for volumes).
+- ``fit_decoder``: fitting a ProgressiveDecoder to one radiograph to denoise or inpaint it (``medgen fit-decoder``).
 """

@@ -2,13 +2,13 @@
 
 What differs from the other methods:
 
-- **latents**: every training and validation image is read as the autoencoder was trained (its window,
-  ``patch_mode`` and ``patch_size`` padding), padded to a multiple of its downsampling factor and encoded
-  once, whole, in tiles (:func:`medgen.models.tiled.tiled_encode`); ``z_mu`` is cached on disk under
-  ``cache_dir`` (or ``run_dir/cache``)/``latents`` (:mod:`medgen.data.latents`: a new autoencoder file or an
-  edited image gets a new cache entry). Ranks encode their share of the images in parallel.
-- **scale factor**: ``1 / std`` of all training latents (sums of every rank's share, all-reduced), saved in
-  the checkpoint (``latent_stats``) and logged; the UNet sees ``z * scale_factor``.
+- **latents**: every training and validation image is encoded once, whole, in tiles, by the function
+  ``medgen encode`` uses (:func:`medgen.data.latents.encode_image`: read as the autoencoder was trained,
+  padded to a multiple of its downsampling factor, :func:`medgen.models.tiled.tiled_encode`); the latent
+  files are cached on disk under ``cache_dir`` (or ``run_dir/cache``)/``latents`` (a new autoencoder file or
+  an edited image gets a new cache entry). Ranks encode their share of the images in parallel.
+- **scale factor**: ``1 / std`` of all training latents (:class:`medgen.data.latents.RunningMoments` of every
+  rank's share, merged), saved in the checkpoint (``latent_stats``) and logged; the UNet sees ``z * scale_factor``.
 - **steps**: DDPM noise prediction (or rectified-flow velocity) on random crops of ``latent_patch_size``
   from the whole-image latents, class-conditional on edente/dente with label dropout (classifier-free
   guidance), gradient accumulation, EMA weights for samples.
@@ -22,23 +22,20 @@ checkpoint also holds the autoencoder and its config, so ``medgen sample`` needs
 
 from __future__ import annotations
 
+import functools
 import logging
-import math
 from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
-from monai.transforms import DivisiblePad
-from monai.utils import convert_to_tensor
 
-from medgen.config import ConfigError, LDMConfig, VAEConfig, to_dict
-from medgen.data.latents import LatentCrops, file_stamp, latent_key, load_latent
+from medgen.config import ConfigError, LDMConfig, to_dict
+from medgen.data.latents import LatentCrops, RunningMoments, encode_image, file_stamp, latent_key, load_latent, save_latent
 from medgen.data.transforms import deterministic_transforms, read_windowed
 from medgen.metrics.copies import nearest, thumbnail
-from medgen.io.checkpoint import load_checkpoint, save_checkpoint
-from medgen.models.autoencoder import load_autoencoder
+from medgen.models.autoencoder import autoencoder_config, load_autoencoder
 from medgen.models.tiled import tiling_for
 from medgen.models.diffusion import (CLASS_INDEX, NULL_CLASS, build_unet, generate_images,
                                      latent_noise_shape, training_scheduler, training_target)
@@ -49,20 +46,6 @@ from medgen.training.distributed import all_gather_objects, all_reduce_sum
 from medgen.training.images import comparison_grid
 
 log = logging.getLogger("medgen.train")
-
-
-def autoencoder_config(path: str | Path) -> VAEConfig:
-    """The VAE config stored in a medgen autoencoder checkpoint (``autoencoder_checkpoint``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"autoencoder_checkpoint={path} does not exist; train an autoencoder first "
-                          "(`medgen train-vae vae_config.json`) and give its run_dir/checkpoints/best.pt")
-    ckpt = load_checkpoint(path, mmap=True)  # mmap: the config without reading every tensor
-    stored = ckpt.get("config")
-    if not isinstance(stored, dict) or "autoencoder_def" not in stored or "autoencoder" not in ckpt:
-        raise ConfigError(f"autoencoder_checkpoint={path} was not written by `medgen train-vae` (no autoencoder "
-                          "weights and config); give a VAE run's checkpoints/best.pt or last.pt")
-    return VAEConfig.from_dict(stored)
 
 
 class LatentStats:
@@ -98,18 +81,18 @@ class LDMTrainer(Trainer):
     @staticmethod
     def data_patch_size(cfg: LDMConfig) -> tuple[int, ...]:
         """The smallest image (in pixels) a latent crop fits in: ``latent_patch_size`` x the autoencoder's downsampling."""
-        factor = autoencoder_config(cfg.autoencoder_checkpoint).autoencoder_def.downsample_factor
+        factor = autoencoder_config(cfg.autoencoder_checkpoint, key="autoencoder_checkpoint").autoencoder_def.downsample_factor
         return tuple(p * factor for p in cfg.ldm_train.latent_patch_size)
 
     @classmethod
     def checked_size(cls, cfg: LDMConfig) -> tuple[int, ...] | None:
         """Images are read as the autoencoder was trained: its ``patch_mode`` decides whether a size is needed."""
-        resized = autoencoder_config(cfg.autoencoder_checkpoint).patch_mode == "resize"
+        resized = autoencoder_config(cfg.autoencoder_checkpoint, key="autoencoder_checkpoint").patch_mode == "resize"
         return None if resized else cls.data_patch_size(cfg)
 
     def build(self) -> None:
         cfg, t, dev = self.cfg, self.cfg.ldm_train, self.dist.device
-        self.vae_cfg = autoencoder_config(cfg.autoencoder_checkpoint)
+        self.vae_cfg = autoencoder_config(cfg.autoencoder_checkpoint, key="autoencoder_checkpoint")
         if self.vae_cfg.spatial_dims != cfg.spatial_dims:
             raise ConfigError(f"autoencoder_checkpoint={cfg.autoencoder_checkpoint} is a {self.vae_cfg.spatial_dims}D model "
                               f"but spatial_dims={cfg.spatial_dims}; use an autoencoder of the same dimensions")
@@ -169,33 +152,28 @@ class LDMTrainer(Trainer):
         if mine and self.dist.is_main:
             log.info("encoding %d of %d images into latents (cached in %s)", len(mine) * self.dist.world_size, len(items), root)
         chain = deterministic_transforms(self.vae_cfg, self.vae_cfg.autoencoder_train.patch_size)
-        pad = DivisiblePad(k=self.factor)
+        encoder = functools.partial(tiled_encode, self.autoencoder)
         for i in mine:
-            data: dict = {"image": items[i]["image"]}
-            for transform in chain:
-                data = transform(data)
-            x = convert_to_tensor(pad(data["image"]), track_meta=False).float()
-            z_mu, _ = tiled_encode(self.autoencoder, x[None].to(self.dist.device), self.tiling)
-            save_checkpoint({"z_mu": z_mu[0].float().cpu(), "model_shape": list(x.shape[1:])}, paths[i])
+            save_latent(encode_image(self.vae_cfg, items[i]["image"], encoder, self.tiling, chain), paths[i])
         all_reduce_sum(torch.zeros(1, device=self.dist.device))  # every file is written before anyone reads
         return paths
 
     def _latent_stats(self) -> None:
-        """Scale factor = 1 / std of every training latent value, from the float64 sums of every rank's share."""
-        sums = torch.zeros(3, dtype=torch.float64, device=self.dist.device)
+        """Scale factor = 1 / std of every training latent value, from the moments of every rank's share."""
+        moments, mine = RunningMoments(), []
         for path in self.train_latents[self.dist.rank::self.dist.world_size]:
-            z = load_latent(path).double()
-            sums += torch.stack([torch.tensor(float(z.numel()), dtype=torch.float64), z.sum(), z.pow(2).sum()]).to(sums.device)
-        all_reduce_sum(sums)
-        n, s, s2 = sums.tolist()
-        var = (s2 - s * s / n) / max(n - 1, 1)
-        mine = [list(load_latent(p).shape[1:]) for p in self.train_latents[self.dist.rank::self.dist.world_size]]
-        gathered = all_gather_objects(mine)
-        self._shapes = [gathered[i % self.dist.world_size][i // self.dist.world_size] for i in range(len(self.train_latents))]
+            z = load_latent(path)["z_mu"]
+            moments.add(z)
+            mine.append(list(z.shape[1:]))
+        gathered = all_gather_objects((moments, mine))
+        moments = RunningMoments()
+        for part, _ in gathered:
+            moments.merge(part)
+        self._shapes = [gathered[i % self.dist.world_size][1][i // self.dist.world_size] for i in range(len(self.train_latents))]
         shape = list(Counter(tuple(s) for s in self._shapes).most_common(1)[0][0])
-        std = math.sqrt(max(var, 0.0))
-        self.stats.load_state_dict({"scale_factor": 1.0 / std if std > 0 else 1.0, "mean": s / n, "std": std,
-                                    "count": int(n), "latent_shape": shape, "image_shape": [v * self.factor for v in shape]})
+        std = moments.std
+        self.stats.load_state_dict({"scale_factor": 1.0 / std if std > 0 else 1.0, "mean": moments.mean, "std": std,
+                                    "count": moments.n, "latent_shape": shape, "image_shape": [v * self.factor for v in shape]})
 
     def on_train_start(self) -> None:
         s = self.stats
@@ -246,7 +224,7 @@ class LDMTrainer(Trainer):
         crop = self.cfg.ldm_train.latent_patch_size
         sums = torch.zeros(2, dtype=torch.float64, device=self.dist.device)
         for i in range(self.dist.rank, len(self.val_latents), self.dist.world_size):
-            z = load_latent(self.val_latents[i])
+            z = load_latent(self.val_latents[i])["z_mu"]
             if any(c > s for c, s in zip(crop, z.shape[1:])):
                 continue
             box = tuple(slice((s - c) // 2, (s - c) // 2 + c) for s, c in zip(z.shape[1:], crop))

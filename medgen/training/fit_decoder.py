@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from medgen.models.device import default_device
 from medgen.models.layers import CropPad
 from medgen.models.progressive_decoder import ProgressiveDecoder
 from medgen.errors import InvalidValueError
@@ -149,7 +150,7 @@ def fit_decoder(
         noise_std = estimate_noise_std(target_np, observed)
     noise_var = float(noise_std) ** 2
 
-    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device) if device is not None else default_device()
     use_amp = dev.type == "cuda"
     size = max(spatial_shape)
     grid = 1 << max(2, (size - 1).bit_length())  # next power of two (ProgressiveDecoder needs one), >= 4
