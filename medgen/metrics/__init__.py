@@ -1,4 +1,5 @@
-"""Sample and reconstruction quality: PSNR/SSIM, weight-free diversity, histogram and power-spectrum distances, FID/KID (on a
+"""Sample and reconstruction quality: PSNR/SSIM, weight-free diversity, histogram and power-spectrum distances, whole-image
+reconstruction quality (PSNR, SSIM, high-frequency and contrast ratios), FID/KID (on a
 feature network from a local file or from the weights directory), and the copy check (nearest training image
 of each sample, :mod:`medgen.metrics.copies`)."""
 
@@ -8,6 +9,7 @@ from .feature_extractor import FeatureExtractor, feature_network_problem
 from .fid import fid, kid, polynomial_kernel
 from .image_quality import (
     histogram_intersection,
+    high_frequency_ratio,
     histogram_wasserstein,
     intensity_histogram,
     psnr,
@@ -15,6 +17,7 @@ from .image_quality import (
     spectrum_distance,
     ssim,
     ssim_diversity,
+    whole_image_quality,
 )
 
 __all__ = [
@@ -31,4 +34,6 @@ __all__ = [
     "histogram_intersection",
     "radial_power_spectrum",
     "spectrum_distance",
+    "high_frequency_ratio",
+    "whole_image_quality",
 ]
