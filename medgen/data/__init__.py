@@ -10,6 +10,8 @@
   latent crops for latent diffusion.
 - ``check``: reading every item before training and the report ``medgen check-data`` prints.
 - ``demo``: synthetic panoramic-like radiographs and CBCT-like series in the edente/ dente/ layout.
+- ``public``: clones of the public panoramic and CT repositories arranged as train/val data folders by the
+  committed split lists (``medgen prepare-public-data``).
 
 Reading and finding files is :mod:`medgen.io`'s job.
 """
