@@ -41,7 +41,7 @@ def test_prepare_writes_the_layout_medgen_trains_and_validates_on(sources, tmp_p
     printed = capsys.readouterr().out
     assert "panoramic/train: 4 images (dente 2, edente 2)" in printed
     assert "panoramic/val: 2 images (dente 1, edente 1)" in printed
-    assert "ct/val/edente/CT_AVM_z014-020.nii.gz: 16x12x6 voxels" in printed
+    assert "ct/val/edente/CT_AVM_z014-019.nii.gz: 16x12x6 voxels" in printed
 
     written = sorted(p.relative_to(out / "panoramic").as_posix() for p in (out / "panoramic").rglob("*") if p.is_file())
     # 1-4 dente, 7-10 edente; 5 (implants) and 6 (supernumerary teeth) stay out

@@ -34,8 +34,8 @@ Output, ready for medgen's config keys (``data_source="both"`` for the panoramic
 
     OUT/panoramic/train/{dente,edente}/*.jpg   -> data_base_dir
     OUT/panoramic/val/{dente,edente}/*.jpg     -> val_dir
-    OUT/ct/train/edente/CT_AVM_z000-114.nii.gz -> data_base_dir (data_source="edente")
-    OUT/ct/val/edente/CT_AVM_z122-154.nii.gz   -> val_dir
+    OUT/ct/train/edente/CT_AVM_z000-113.nii.gz -> data_base_dir (data_source="edente")
+    OUT/ct/val/edente/CT_AVM_z122-153.nii.gz   -> val_dir
 
 The CT sits in an ``edente/`` folder only because medgen's layout needs a class folder (and ``edente`` is the
 default ``data_source``); it is a head CT, not a jaw, and the autoencoder does not use the class.
@@ -226,7 +226,7 @@ def _write_ct(volume, slabs: dict, out: Path) -> dict[str, dict]:
         slab.set_qform(affine, int(volume.header["qform_code"]))  # the volume's codes, not "aligned"
         slab.set_sform(affine, int(volume.header["sform_code"]))
         slab.header.set_slope_inter(volume.dataobj.slope, volume.dataobj.inter)
-        path = out / s / CT_CLASS / f"{stem}_z{start:03d}-{stop:03d}.nii.gz"
+        path = out / s / CT_CLASS / f"{stem}_z{start:03d}-{stop - 1:03d}.nii.gz"  # first and last slice
         path.parent.mkdir(parents=True, exist_ok=True)
         nib.save(slab, path)
         written[s] = {"file": path.relative_to(out.parent).as_posix(), "shape": list(slab.shape)}
