@@ -245,3 +245,44 @@ def preempt_then_resume(ddp_run, demo, run) -> tuple[dict, subprocess.CompletedP
     assert (saved["epoch"], saved["step_in_epoch"]) == (1, 1)
     resumed = ddp_run(demo, run, ["resume_ckpt=true"])
     return load_checkpoint(run / "checkpoints" / "last.pt"), resumed
+
+
+# Fake clones of the public repositories (medgen.data.public): real names and folders, tiny files.
+TRAIN = ["cate1-00001.jpg", "cate4-00002.jpg", "cate7-00003.jpg", "cate10-00004.jpg"]
+VAL = ["cate2-00005.jpg", "cate8-00006.jpg"]
+LEFT_OUT = ["cate5-00007.jpg", "cate6-00008.jpg"]  # in the clone, in no list
+
+
+def write_public_clones(root: Path) -> tuple[Path, Path, Path]:
+    """Under ``root``: a clone of Instance_seg_teeth (24x32 RGB JPEGs, the categories above), one of niivue-images
+    (a 16x12x20 CT_AVM.nii.gz) and split lists for them (CT: slices 0-11 train, 14-19 val).
+
+    Returns:
+        (panoramic clone, CT clone, split-list folder).
+    """
+    import json
+
+    import nibabel as nib
+    import numpy as np
+    from PIL import Image
+
+    from medgen.data.public import PANORAMIC_FOLDER
+
+    folder = root / "Instance_seg_teeth" / PANORAMIC_FOLDER
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in TRAIN + VAL + LEFT_OUT:
+        Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(folder / name)
+    (folder / ".DS_Store").write_bytes(b"\0")
+    ct = root / "niivue-images"
+    ct.mkdir()
+    affine = np.diag([0.7, 0.7, 1.0, 1.0])
+    affine[:3, 3] = [-5.0, -5.0, -10.0]
+    nib.save(nib.Nifti1Image(rng.integers(0, 1000, (16, 12, 20), dtype=np.int16), affine), ct / "CT_AVM.nii.gz")
+    splits = root / "splits"
+    splits.mkdir()
+    (splits / "panoramic_train.txt").write_text("# a comment\n" + "\n".join(TRAIN) + "\n\n")
+    (splits / "panoramic_val.txt").write_text("\n".join(VAL) + "  # trailing comment\n")
+    slabs = {"file": "CT_AVM.nii.gz", "shape": [16, 12, 20], "axis": 2, "train": [0, 12], "val": [14, 20]}
+    (splits / "ct_slabs.json").write_text(json.dumps(slabs))
+    return root / "Instance_seg_teeth", ct, splits

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, TINY, TINY_LDM
+from conftest import ROOT, TINY, TINY_LDM, write_public_clones
 from medgen.cli import build_parser, main
 
 SUBCOMMANDS = ("demo-data", "check-data", "train-vae", "train-wgan", "train-ldm", "reconstruct", "encode", "decode",
-               "sample", "check-copies", "fit-decoder", "weights")
+               "sample", "check-copies", "fit-decoder", "weights", "prepare-public-data")
 
 
 PROGRESS = re.compile(r"\d+%\|")  # a tqdm bar (data scan, epochs) drawn before the interruption
@@ -47,6 +47,7 @@ BAD_ARGUMENTS = {
     "check-copies": ["check-copies", "--samples", "s", "--train", "t", "--threshold", "low"],
     "fit-decoder": ["fit-decoder", "--input", "x.png", "--output", "o.png", "--steps", "-"],
     "weights": ["weights", "fetch"],
+    "prepare-public-data": ["prepare-public-data", "--ct", "clone"],  # no OUT
 }
 
 
@@ -76,6 +77,7 @@ def _missing(tmp_path: Path) -> dict[str, list[str]]:
         "check-copies": ["check-copies", "--samples", str(nowhere), "--train", str(a_file)],
         "fit-decoder": ["fit-decoder", "--input", str(nowhere / "pano.png"), "--output", str(tmp_path / "o.png")],
         "weights": ["weights", "import", str(nowhere / "radimagenet_resnet50.tar")],
+        "prepare-public-data": ["prepare-public-data", "--ct", str(nowhere), str(tmp_path / "o")],
     }
 
 
@@ -100,6 +102,7 @@ INTERRUPT_AT = {
     "check-copies": "medgen.inference.check_copies.read_windowed",
     "fit-decoder": "medgen.training.fit_decoder.fit_decoder",
     "weights": "medgen.io.weights._download",
+    "prepare-public-data": "medgen.data.public._write_ct",
 }
 
 
@@ -135,9 +138,13 @@ def _runs(command: str, tmp_path: Path, demo2d: Path, checkpoints) -> list[str]:
         "check-copies": ["check-copies", "--samples", str(demo2d / "dente"), "--train", str(demo2d)],
         "fit-decoder": ["fit-decoder", "--input", str(image), "--output", str(tmp_path / "o.png")],
         "weights": ["weights", "fetch", "radimagenet_resnet50", "--to", str(tmp_path / "weights")],
+        "prepare-public-data": ["prepare-public-data", "--ct", "CT_CLONE", "--split-lists", "SPLITS", str(tmp_path / "o")],
     }[command]
     if command == "decode":  # latents to decode: written before the command under test runs
         return [str(_latents(vae, image, tmp_path)) if a == "LATENTS" else a for a in argv]
+    if command == "prepare-public-data":  # a fake clone and its split lists
+        _, ct, splits = write_public_clones(tmp_path)
+        return [{"CT_CLONE": str(ct), "SPLITS": str(splits)}.get(a, a) for a in argv]
     return argv
 
 

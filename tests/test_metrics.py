@@ -202,5 +202,5 @@ def test_radial_power_spectrum_is_flat_for_white_noise_and_blur_removes_high_fre
     assert spectrum_distance(noise, noise.clone()).item() == 0.0
     assert spectrum_distance(noise, 2 * noise).item() == pytest.approx(math.log10(4), abs=1e-6)  # power x 4
     assert spectrum_distance(noise, blurred).item() > 1.0  # more than a decade apart on average
-    with pytest.raises(ValueError, match=r"expected \(N, C, H, W\)"):
-        radial_power_spectrum(torch.rand(2, 1, 8, 8, 8))
+    with pytest.raises(ValueError, match=r"expected \(N, C, H, W\) or \(N, C, H, W, D\)"):
+        radial_power_spectrum(torch.rand(1, 8, 8))

@@ -25,6 +25,7 @@ COMMANDS = (
     "medgen.cli.train",  # train-vae, train-wgan, train-ldm
     "medgen.cli.infer",  # reconstruct, encode, decode, sample, check-copies, fit-decoder
     "medgen.cli.weights",  # weights list / fetch / export / import / verify
+    "medgen.cli.public",  # prepare-public-data
 )
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C

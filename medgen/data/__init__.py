@@ -10,6 +10,8 @@
   the autoencoder and the image), its loader, the mean/std of many latents, and random latent crops.
 - ``check``: reading every item before training and the report ``medgen check-data`` prints.
 - ``demo``: synthetic panoramic-like radiographs and CBCT-like series in the edente/ dente/ layout.
+- ``public``: clones of the public panoramic and CT repositories arranged as train/val data folders by the
+  committed split lists (``medgen prepare-public-data``).
 
 Reading and finding files is :mod:`medgen.io`'s job.
 """

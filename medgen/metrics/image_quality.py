@@ -8,6 +8,8 @@ weights are configured.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from monai.metrics import PSNRMetric, SSIMMetric
 
@@ -19,7 +21,9 @@ __all__ = [
     "histogram_wasserstein",
     "histogram_intersection",
     "radial_power_spectrum",
+    "high_frequency_ratio",
     "spectrum_distance",
+    "whole_image_quality",
 ]
 
 
@@ -189,34 +193,89 @@ def histogram_intersection(
     return torch.minimum(p, q).sum().float()
 
 
-def radial_power_spectrum(images: torch.Tensor, bins: int = 32) -> torch.Tensor:
-    """Mean radially averaged power spectrum of a set of 2D images: how much of the intensity variation sits at
-    each spatial frequency (blur removes the high end, noise and grid artefacts raise it).
+def radial_power_spectrum(images: torch.Tensor, bins: int = 32, taper: bool = False) -> torch.Tensor:
+    """Mean radially averaged power spectrum of a set of 2D images or 3D volumes: how much of the intensity
+    variation sits at each spatial frequency (blur removes the high end, noise and grid artefacts raise it).
 
-    Each image's mean is removed; the power ``|FFT|^2 / (H W)`` is averaged over rings of equal frequency
-    ``sqrt(fy^2 + fx^2)`` in cycles per pixel, ``bins`` rings from 0 to Nyquist (0.5; the corners beyond it are
-    left out), and over all images and channels. Frequencies are per pixel, so sets of different image sizes
-    are comparable.
+    Each image's mean is removed; the power ``|FFT|^2 / (number of pixels)`` is averaged over shells of equal
+    frequency ``|f| = sqrt(fy^2 + fx^2 [+ fz^2])`` in cycles per pixel, ``bins`` shells of equal width from 0 to
+    Nyquist (0.5; the corners beyond it are left out), and over all images and channels. Frequencies are per
+    pixel, so sets of different image sizes are comparable.
+
+    The FFT treats an image as periodic, so the step between its opposite borders counts as detail at every
+    frequency; ``taper`` multiplies each (mean-free) image by a Hann window first, which removes that step,
+    and divides by the window's energy instead of the pixel count (white noise keeps its power).
 
     Args:
-        images: (N, C, H, W).
-        bins: number of frequency rings.
+        images: (N, C, H, W) or (N, C, H, W, D).
+        bins: number of frequency shells; shell ``k`` holds ``k / (2 bins) <= |f| < (k + 1) / (2 bins)``.
+        taper: apply a Hann window before the FFT.
 
     Returns:
-        (bins,) float64 tensor, mean power per ring.
+        (bins,) float64 tensor, mean power per shell.
     """
-    if images.dim() != 4:
-        raise ValueError(f"radial_power_spectrum: expected (N, C, H, W) images, got shape {tuple(images.shape)}.")
+    if images.dim() not in (4, 5):
+        raise ValueError(
+            f"radial_power_spectrum: expected (N, C, H, W) or (N, C, H, W, D) images, got shape {tuple(images.shape)}."
+        )
+    axes = tuple(range(2, images.dim()))
     x = images.detach().double()
-    x = x - x.mean(dim=(-2, -1), keepdim=True)
-    h, w = x.shape[-2:]
-    power = (torch.fft.fft2(x).abs() ** 2 / (h * w)).mean(dim=(0, 1))
-    fy, fx = torch.fft.fftfreq(h, dtype=torch.float64), torch.fft.fftfreq(w, dtype=torch.float64)
-    radius = torch.sqrt(fy[:, None] ** 2 + fx[None, :] ** 2).flatten()
+    x = x - x.mean(dim=axes, keepdim=True)
+    energy = float(x[0, 0].numel())
+    if taper:
+        window = torch.ones((), dtype=torch.float64)
+        for n in x.shape[2:]:
+            window = window[..., None] * torch.hann_window(n, periodic=False, dtype=torch.float64)
+        x = x * window
+        energy = (window**2).sum().item()
+    power = (torch.fft.fftn(x, dim=axes).abs() ** 2 / energy).mean(dim=(0, 1))
+    grids = torch.meshgrid(*(torch.fft.fftfreq(n, dtype=torch.float64) for n in x.shape[2:]), indexing="ij")
+    radius = torch.sqrt(sum(g**2 for g in grids)).flatten()
     ring = (radius / 0.5 * bins).long().clamp_max(bins)  # bin `bins`: beyond Nyquist, dropped
     total = torch.zeros(bins + 1, dtype=torch.float64).index_add_(0, ring, power.flatten())
     count = torch.zeros(bins + 1, dtype=torch.float64).index_add_(0, ring, torch.ones_like(radius))
     return (total / count.clamp_min(1))[:bins]
+
+
+def high_frequency_ratio(
+    output: torch.Tensor, reference: torch.Tensor, band: tuple[float, float] = (0.25, 0.5), bins: int = 32
+) -> float:
+    """How much fine detail an output keeps: its radial power in a high-frequency band over the reference's.
+
+    1.0: the same detail; < 1: blurred (a Gaussian blur of sigma pixels scales the power at frequency ``f`` by
+    ``exp(-4 pi^2 sigma^2 f^2)``); > 1: added noise, ringing or grid artefacts. PSNR and SSIM reward a blurred
+    reconstruction of a noisy or finely textured image; this ratio does not.
+
+    The band is given in cycles per pixel (Nyquist is 0.5); the default ``(0.25, 0.5)`` is the top octave, the
+    detail a 2x downsampling loses first, so blur shows there first. The power of each image is the mean of
+    the :func:`radial_power_spectrum` shells whose centre frequencies lie in ``band`` (``bins`` shells of width
+    ``0.5 / bins``; with the defaults, the upper 16 of 32), each image tapered by a Hann window (so the step
+    between opposite borders, which blur does not remove, is not counted as detail). The ratio of two powers:
+    a contrast scaled by ``a`` gives ``a^2``.
+
+    Args:
+        output: (N, C, H, W) or (N, C, H, W, D), e.g. reconstructions (power averaged over the batch).
+        reference: the inputs they should match, same shape.
+        band: (low, high) frequency limits in cycles per pixel, ``0 <= low < high <= 0.5``.
+        bins: frequency shells of :func:`radial_power_spectrum`.
+
+    Returns:
+        the ratio (``inf`` when the reference has no power in the band and the output has some, ``nan`` when
+        neither has).
+    """
+    low, high = float(band[0]), float(band[1])
+    if not 0.0 <= low < high <= 0.5:
+        raise ValueError(f"high_frequency_ratio: band must satisfy 0 <= low < high <= 0.5 cycles/pixel, got {band!r}.")
+    _check_pair(output, reference, "high_frequency_ratio")
+    centres = (torch.arange(bins, dtype=torch.float64) + 0.5) * 0.5 / bins
+    inside = (centres >= low) & (centres <= high)
+    if not inside.any():
+        raise ValueError(f"high_frequency_ratio: no frequency shell of width {0.5 / bins} lies in {band!r}; raise bins.")
+    out_power = radial_power_spectrum(output, bins, taper=True)[inside].mean().item()
+    ref_power = radial_power_spectrum(reference, bins, taper=True)[inside].mean().item()
+    if ref_power == 0.0:
+        return math.nan if out_power == 0.0 else math.inf
+    return out_power / ref_power
 
 
 def spectrum_distance(real: torch.Tensor, fake: torch.Tensor, bins: int = 32) -> torch.Tensor:
@@ -233,3 +292,34 @@ def spectrum_distance(real: torch.Tensor, fake: torch.Tensor, bins: int = 32) ->
     p, q = radial_power_spectrum(real, bins), radial_power_spectrum(fake, bins)
     tiny = torch.finfo(torch.float64).tiny
     return (p.clamp_min(tiny).log10() - q.clamp_min(tiny).log10()).abs().mean().float()
+
+
+def whole_image_quality(
+    output: torch.Tensor, reference: torch.Tensor, data_range: float = 1.0, band: tuple[float, float] = (0.25, 0.5)
+) -> dict[str, float]:
+    """The quality of one whole reconstructed image (or volume) against its input, in one dict.
+
+    Judge reconstructions on whole images, not patches: patch scores can overstate whole-image quality by
+    several dB, and tile seams only exist on whole images.
+
+    Args:
+        output: (C, *spatial) reconstruction, 2D or 3D, intensities in the reference's range.
+        reference: (C, *spatial) input image, same shape.
+        data_range: intensity range of the images (1.0 for [0, 1]).
+        band: frequency band of ``hf_ratio`` in cycles per pixel (:func:`high_frequency_ratio`).
+
+    Returns:
+        ``psnr`` (dB; ``inf`` for identical images), ``ssim``, ``hf_ratio`` (:func:`high_frequency_ratio`: 1.0
+        the same detail, < 1 blurred, > 1 noise or artefacts) and ``std_ratio`` (the output's standard deviation
+        over the input's: < 1 flattened contrast, as blur and regression to the mean give).
+    """
+    if output.dim() not in (3, 4):
+        raise ValueError(f"whole_image_quality: expected one (C, H, W) or (C, H, W, D) image, got shape {tuple(output.shape)}.")
+    _check_pair(output[None], reference[None], "whole_image_quality")
+    ref_std = reference.double().std().item()
+    return {
+        "psnr": psnr(output[None], reference[None], data_range).item(),
+        "ssim": ssim(output[None], reference[None], data_range).item(),
+        "hf_ratio": high_frequency_ratio(output[None], reference[None], band),
+        "std_ratio": output.double().std().item() / ref_std if ref_std > 0 else math.nan,
+    }
