@@ -32,6 +32,13 @@ TINY_LDM = [
     "num_workers=0", "scan_workers=0", "data_source=both", "log_interval=1",
 ]
 
+# A WGAN small enough for 2 CPU cores: 64x64 images, generator 32 -> 8 channels, critic 8.. channels.
+TINY_WGAN = [
+    "generator.g_channels=32", "generator.min_channels=8", "critic.d_channels=8", "wgan_train.batch_size=2",
+    "wgan_train.max_epochs=2", "wgan_train.n_critic=2", "wgan_train.num_eval_samples=4", "num_val_images=4",
+    "num_workers=0", "scan_workers=0", "data_source=both", "log_interval=1",
+]
+
 
 @pytest.fixture(scope="session", autouse=True)
 def weights_home(tmp_path_factory) -> Path:

@@ -100,6 +100,7 @@ class LDMTrain:
 @dataclass
 class LDMConfig(RunConfig):
     section = "ldm_train"
+    title = "latent diffusion"
     marker_keys = ("diffusion_def", "autoencoder_checkpoint")
 
     run_dir: str = "runs/ldm"

@@ -28,14 +28,21 @@ def resolve_input_path(value: str, config_file: str | Path | None) -> str:
     return str(beside) if beside.exists() else str(path)
 
 
-def config_kind(data: dict) -> type[RunConfig]:
-    """The config class whose sections ``data`` holds (its ``section`` or one of its ``marker_keys``); the
-    first kind registered (the VAE, medgen's main job) when it names none."""
+def config_kind(data: dict, expected: type[RunConfig] | None = None) -> type[RunConfig]:
+    """The config class whose sections ``data`` holds (its ``section`` or one of its ``marker_keys``); when it
+    names none, ``expected`` or else the first kind registered (the VAE, medgen's main job).
+
+    Raises:
+        ConfigError: ``data`` mixes the sections of several kinds, or is of another kind than ``expected``.
+    """
     found = [kind for kind in RunConfig.kinds if {kind.section, *kind.marker_keys} & data.keys()]
     if len(found) > 1:
         raise ConfigError(f"the config mixes the sections of {' and '.join(k.__name__ for k in found)} "
                           f"({', '.join(sorted({k.section for k in found}))}); keep one method's sections per file")
-    return found[0] if found else RunConfig.kinds[0]
+    if found and expected is not None and not issubclass(found[0], expected):
+        raise ConfigError(f"this is a {found[0].title} config (it has {found[0].section}), not a {expected.title} config "
+                          f"(with {expected.section}); give it to the command of its own method")
+    return found[0] if found else (expected or RunConfig.kinds[0])
 
 
 def load_config(path: str | Path | None, overrides: list[str] = (), cls: type[RunConfig] | None = None):
@@ -44,15 +51,18 @@ def load_config(path: str | Path | None, overrides: list[str] = (), cls: type[Ru
     Args:
         path: the JSON file.
         overrides: ``key.path=VALUE`` strings (``--set``).
-        cls: the config class (``VAEConfig``, ``WGANConfig``, ``LDMConfig``); None picks it with
-            :func:`config_kind`.
+        cls: the config class the caller needs (``VAEConfig``, ``WGANConfig``, ``LDMConfig``): a file of another
+            kind is refused in one line; None picks it with :func:`config_kind`.
 
     Returns:
         the validated config, its input paths resolved (see the module docstring).
     """
     data = read_json(path) if path is not None else {}
     apply_overrides(data, list(overrides))
-    cls = cls or config_kind(data)
+    try:
+        cls = config_kind(data, cls)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
     for key in INPUT_PATH_KEYS:
         if isinstance(data.get(key), str):
             data[key] = resolve_input_path(data[key], path)

@@ -21,6 +21,8 @@ CLASSES = ("edente", "dente")
 class RunConfig:
     #: the method's training section (``autoencoder_train``, ...); a subclass naming one is a config kind
     section: ClassVar[str] = ""
+    #: what the kind trains, in messages
+    title: ClassVar[str] = ""
     #: top-level keys that mark a config file as this kind (besides ``section``)
     marker_keys: ClassVar[tuple[str, ...]] = ()
     #: every config kind, in the order :func:`medgen.config.load_config` tries them

@@ -111,6 +111,7 @@ class AutoencoderTrain:
 @dataclass
 class VAEConfig(RunConfig):
     section = "autoencoder_train"
+    title = "VAE"
     marker_keys = ("autoencoder_def", "discriminator_def")
 
     # also validate on the whole validation images, tiled as `medgen reconstruct` runs them (val/full_psnr, val/full_ssim)

@@ -163,6 +163,7 @@ class WGANTrain:
 @dataclass
 class WGANConfig(RunConfig):
     section = "wgan_train"
+    title = "WGAN/GAN"
     marker_keys = ("generator", "critic")
 
     run_dir: str = "runs/wgan"  # checkpoints, TensorBoard logs, resolved config

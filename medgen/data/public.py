@@ -50,8 +50,8 @@ import re
 import shutil
 from pathlib import Path
 
+from medgen.config import CLASSES
 from medgen.errors import InvalidValueError, MissingInputError, OutputExistsError
-from medgen.io.discovery import CLASS_FOLDERS
 
 __all__ = [
     "PANORAMIC_REPOSITORY",
@@ -72,7 +72,7 @@ CT_REPOSITORY = "https://github.com/neurolabusc/niivue-images"
 #: the split lists committed with medgen (in a clone of medgen, beside the package)
 DEFAULT_SPLITS = Path(__file__).resolve().parents[2] / "benchmarks" / "splits"
 
-EDENTE, DENTE = CLASS_FOLDERS
+EDENTE, DENTE = CLASSES
 #: data-set category (the N of ``cateN-``) -> medgen class folder; categories not listed are left out
 CATEGORY_CLASS = {**dict.fromkeys((1, 2, 3, 4), DENTE), **dict.fromkeys((7, 8, 9, 10), EDENTE)}
 CT_CLASS = EDENTE  # a class folder the layout needs; the head CT belongs to neither class

@@ -274,6 +274,10 @@ def decode_items(
     for path, name in tqdm(find_latents(source), desc="decode", unit="image", disable=not progress, dynamic_ncols=True):
         record = load_latent(path, required=("z_mu", "image_shape"))
         latent = record[key] if key in record else record["z_mu"]
+        if np.ndim(latent) - 1 != cfg.spatial_dims or np.shape(latent)[0] != cfg.autoencoder_def.latent_channels:
+            raise ConfigError(f"{path} holds a {np.ndim(latent) - 1}D latent of {np.shape(latent)[0]} channels but the "
+                              f"checkpoint's autoencoder has {cfg.spatial_dims}D latents of "
+                              f"{cfg.autoencoder_def.latent_channels} channels; decode with the autoencoder that encoded it")
         with _tiles_fit(f"decoding {path.name}", [s * cfg.autoencoder_def.downsample_factor for s in np.shape(latent)[1:]], tiling):
             y = decode_latents(model, record, key, tiling)
         spacing = [float(v) for v in np.asarray(record["spacing"]).tolist()]

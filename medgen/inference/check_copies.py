@@ -78,6 +78,10 @@ def check_copies(samples: str | Path, train: str | Path, output: str | Path | No
                                 "or give --threshold")
     train_t, train_images = _thumbnails(train_paths, percentiles)
     sample_t, sample_images = _thumbnails(sample_paths, percentiles)
+    dims = {name: images[0].ndim - 1 for name, images in (("--samples", sample_images), ("--train", train_images)) if images}
+    if len(set(dims.values())) > 1:
+        raise InvalidValueError(f"--samples {samples} holds {dims['--samples']}D images but --train {train} holds "
+                                f"{dims['--train']}D ones; compare samples with training images of the same dimensionality")
     dist, index = nearest(sample_t, train_t)
     calibration = calibrate(train_t, percentile, margin) if len(train_paths) >= 2 else {}
     limit = threshold if threshold is not None else calibration["threshold"]

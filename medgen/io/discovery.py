@@ -25,10 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medgen.config import ConfigError, RunConfig, load_config
+from medgen.config import CLASSES, ConfigError, RunConfig, load_config
 from medgen.errors import MissingInputError
 
-CLASS_FOLDERS = ("edente", "dente")  # jaws without teeth, with teeth
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 # Sidecar/document files that live next to images and are never images themselves: find_images ignores them.
@@ -157,7 +156,7 @@ def discover_items(cfg: RunConfig) -> tuple[list[dict], list[dict]]:
         folder = base / label
         items = images_in(folder, label) if folder.is_dir() else []
         if not items:
-            present = [c for c in CLASS_FOLDERS if c != label and (base / c).is_dir() and images_in(base / c, c)]
+            present = [c for c in CLASSES if c != label and (base / c).is_dir() and images_in(base / c, c)]
             holds_files = folder.is_dir() and any(p.is_file() for p in folder.rglob("*"))
             if present:
                 fix = f'set data_source="{present[0]}" to train on {base / present[0]} alone, or add images to {folder}'
@@ -207,7 +206,7 @@ def folder_items(folder: str | os.PathLike) -> list[dict]:
     """A data folder's items: its ``edente/`` and ``dente/`` images (labelled so) when it has those
     subfolders, otherwise every image under it (labelled with the folder's name)."""
     folder = Path(folder)
-    classes = [folder / c for c in CLASS_FOLDERS if (folder / c).is_dir()]
+    classes = [folder / c for c in CLASSES if (folder / c).is_dir()]
     if classes:
         return [it for d in classes for it in images_in(d, d.name)]
     return images_in(folder, folder.resolve().name or ".")
