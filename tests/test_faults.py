@@ -26,6 +26,7 @@ WGAN_TINY = ["generator.g_channels=32", "generator.min_channels=8", "critic.d_ch
 RUNS = {  # worker script, config, overrides
     "vae": ("tests/ddp_worker.py", "vae_config.json", TINY),
     "wgan": ("tests/wgan_ddp_worker.py", "wgan_config.json", WGAN_TINY),
+    "plain": ("tests/plain_autoencoder.py", "vae_config.json", TINY),  # a method written on the skeleton alone
 }
 
 
@@ -41,7 +42,8 @@ def _same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("kind, nets", [("vae", ("autoencoder", "discriminator")), ("wgan", ("generator", "critic", "ema"))])
+@pytest.mark.parametrize("kind, nets", [("vae", ("autoencoder", "discriminator")), ("wgan", ("generator", "critic", "ema")),
+                                        ("plain", ("autoencoder",))])
 def test_sigterm_mid_epoch_then_resume_is_bitwise_equal(kind, nets, demo2d, tmp_path):
     full = _run(kind, demo2d, tmp_path / "full")
     assert full.returncode == 0, full.stderr[-3000:]
