@@ -88,6 +88,19 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     raise TypeError(f"unsupported config annotation {tp!r} for {key}")
 
 
+
+def check_optimiser(section: Any, prefix: str, betas_example: str) -> None:
+    """The optimiser keys every training section shares: ``betas`` (Adam, two numbers in [0, 1)) and, where
+    the section has them, ``ema_decay`` (in (0, 1) or null) and ``grad_clip`` (positive or null)."""
+    if len(section.betas) != 2 or not all(0 <= b < 1 for b in section.betas):
+        raise ConfigError(f"{prefix}betas={list(section.betas)} must be two numbers in [0, 1), e.g. {betas_example}")
+    decay = getattr(section, "ema_decay", None)
+    if decay is not None and not 0 < decay < 1:
+        raise ConfigError(f"{prefix}ema_decay={decay} must be between 0 and 1 (e.g. 0.999), or null for off")
+    clip = getattr(section, "grad_clip", None)
+    if clip is not None and clip <= 0:
+        raise ConfigError(f"{prefix}grad_clip={clip} must be positive (e.g. 1.0), or null for off")
+
 def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise :class:`ConfigError`."""
     hints = typing.get_type_hints(cls)

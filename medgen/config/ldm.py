@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from medgen.config.core import ConfigError
+from medgen.config.core import ConfigError, check_optimiser
 from medgen.config.run import RunConfig
 
 
@@ -89,12 +89,7 @@ class LDMTrain:
             raise ConfigError(f"{prefix}guidance_scale={self.guidance_scale} must not be negative (0: unconditional)")
         if not 0 <= self.label_dropout < 1:
             raise ConfigError(f"{prefix}label_dropout={self.label_dropout} must be in [0, 1), e.g. 0.1")
-        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
-            raise ConfigError(f"{prefix}ema_decay={self.ema_decay} must be between 0 and 1 (e.g. 0.999), or null for off")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ConfigError(f"{prefix}grad_clip={self.grad_clip} must be positive (e.g. 1.0), or null for off")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ConfigError(f"{prefix}betas={list(self.betas)} must be two numbers in [0, 1), e.g. [0.9, 0.999]")
+        check_optimiser(self, prefix, "[0.9, 0.999]")
 
 
 @dataclass

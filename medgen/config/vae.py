@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from medgen.config.core import ConfigError
+from medgen.config.core import ConfigError, check_optimiser
 from medgen.config.run import RunConfig
 
 
@@ -104,8 +104,7 @@ class AutoencoderTrain:
                 f"{prefix}patch_size={list(self.patch_size)}: {bad[0]} is not divisible by {f}, the downsampling of "
                 f"autoencoder_def.channels={list(ae.channels)}; use e.g. {fixed}"
             )
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ConfigError(f"{prefix}betas={list(self.betas)} must be two numbers in [0, 1), e.g. [0.5, 0.9]")
+        check_optimiser(self, prefix, "[0.5, 0.9]")
 
 
 @dataclass

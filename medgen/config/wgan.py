@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from medgen.config.core import ConfigError
+from medgen.config.core import ConfigError, check_optimiser
 from medgen.config.run import RunConfig
 
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 64, 256
@@ -137,12 +137,7 @@ class WGANTrain:
         for name in ("lambda_gp", "feature_matching_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{prefix}{name}={getattr(self, name)} must not be negative")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ConfigError(f"{prefix}betas={list(self.betas)} must be two numbers in [0, 1), e.g. [0.0, 0.9]")
-        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
-            raise ConfigError(f"{prefix}ema_decay={self.ema_decay} must be between 0 and 1 (e.g. 0.999), or null for off")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ConfigError(f"{prefix}grad_clip={self.grad_clip} must be positive (e.g. 1.0), or null for off")
+        check_optimiser(self, prefix, "[0.0, 0.9]")
         if self.num_eval_samples < 2:
             raise ConfigError(f"{prefix}num_eval_samples={self.num_eval_samples} must be at least 2")
         # a path must exist; a name (no '/', '.' or '~') is looked up in the weights registry when training starts

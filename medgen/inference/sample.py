@@ -28,6 +28,7 @@ from tqdm import tqdm
 from medgen.errors import InvalidValueError, OutputExistsError
 from medgen.io.writer import format_suffix
 from medgen.models.device import default_device
+from medgen.models.wgan import to_unit_range
 
 __all__ = ["load_generator", "generate", "sample_to_files", "is_ldm_checkpoint", "load_ldm", "generate_ldm",
            "sample_ldm_to_files", "sample_ldm_classes"]
@@ -96,7 +97,7 @@ def generate(generator: torch.nn.Module, count: int, seed: int = 0, batch_size: 
     noise = torch.randn(count, generator.z_dim, generator=torch.Generator().manual_seed(seed))
     device = next(generator.parameters()).device
     for z in noise.split(batch_size):
-        yield ((generator(z.to(device)).float() + 1.0) / 2.0).clamp(0.0, 1.0).cpu()
+        yield to_unit_range(generator(z.to(device))).cpu()
 
 
 def sample_to_files(

@@ -34,6 +34,7 @@ __all__ = [
     "build_generator",
     "build_critic",
     "GENERATOR_TYPES",
+    "to_unit_range",
 ]
 
 MIN_IMAGE_SIZE = 64
@@ -447,3 +448,8 @@ def build_critic(cfg: Mapping[str, Any], image_size: int | None = None) -> WGANC
         ValueError: unknown key or invalid values.
     """
     return WGANCritic(**_section_kwargs(cfg, _CRITIC_KEYS, "critic", image_size))
+
+
+def to_unit_range(images: torch.Tensor) -> torch.Tensor:
+    """Generator output in [-1, 1] -> [0, 1], the range of real images, metrics and written files."""
+    return ((images.float() + 1.0) / 2.0).clamp(0.0, 1.0)

@@ -26,7 +26,7 @@ from medgen.losses.adversarial import (
     wgan_generator_loss,
 )
 from medgen.metrics import FeatureExtractor, feature_network_problem, fid, histogram_intersection, histogram_wasserstein, kid, ssim_diversity
-from medgen.models.wgan import build_critic, build_generator
+from medgen.models.wgan import build_critic, build_generator, to_unit_range
 from medgen.training.base import Trainer, wrap_ddp
 
 log = logging.getLogger("medgen.train")
@@ -37,11 +37,6 @@ CRITIC_TERMS = {
     "gan": {"discriminator": "loss/discriminator", "real_logit": "gan/real_logit", "fake_logit": "gan/fake_logit"},
 }
 GENERATOR_TERMS = {"generator": "loss/generator", "generator_adv": "loss/generator_adv", "feature_matching": "loss/feature_matching"}
-
-
-def to_unit_range(images: torch.Tensor) -> torch.Tensor:
-    """Generator output in [-1, 1] -> [0, 1], the range of real images, metrics and written files."""
-    return ((images.float() + 1.0) / 2.0).clamp(0.0, 1.0)
 
 
 class WGANTrainer(Trainer):
