@@ -155,3 +155,15 @@ def test_check_copies_against_every_config_kind(setup, kind, demo2d, tmp_path, c
         _mismatch(code, err, "holds 2D images but --train", "3D ones")
     else:
         assert code in (0, 1) and (tmp_path / "r" / "copy_check.json").is_file(), err
+
+
+def test_check_data_on_the_shipped_ldm_config_before_its_autoencoder_exists(demo2d, capsys):
+    code = main(["check-data", str(ROOT / "ldm_config.json"), "--set", f"data_base_dir={demo2d}", "--workers", "0"])
+    out, err = capsys.readouterr()
+    assert code == 0 and "Traceback" not in err, err
+    assert "items are usable" in out and "image sizes not checked: autoencoder_checkpoint=" in out, out
+
+
+def test_check_data_set_applies_to_configs_only(demo2d, capsys):
+    code, err = _run(capsys, "check-data", demo2d, "--set", "data_source=both")
+    _mismatch(code, err, "--set applies to a config")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from medgen.cli.train import add_set_argument
 from medgen.config import ConfigError
+from medgen.errors import MedgenError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -76,13 +77,19 @@ def check_data(args: argparse.Namespace) -> int:
     elif args.overrides:
         raise ConfigError(f"--set applies to a config; {args.target} is not a config JSON")
     spatial_dims = args.spatial_dims or (source.config.spatial_dims if source.config else None)
-    patch_size = args.patch_size or (method.checked_size(source.config) if method else None)
+    notes = []
+    patch_size = args.patch_size
+    if patch_size is None and method is not None:
+        try:
+            patch_size = method.checked_size(source.config)
+        except MedgenError as e:  # e.g. a latent diffusion config whose autoencoder is not trained yet
+            notes.append(f"image sizes not checked: {e}")
     if patch_size is not None and spatial_dims is not None and len(patch_size) != spatial_dims:
         raise ConfigError(f"--patch-size {patch_size} does not have {spatial_dims} values (spatial_dims); give one per axis")
     reports = scan_files(source.items, source.base, spatial_dims, patch_size, workers=args.workers,
                          cache_path=args.cache, progress=sys.stderr.isatty())
     print(format_report(reports))
-    for line in _network_notes(method, source.config) if method else ():
+    for line in [*notes, *(_network_notes(method, source.config) if method else ())]:
         print(line)
     if args.json:
         settings = {"spatial_dims": spatial_dims, "patch_size": patch_size}
