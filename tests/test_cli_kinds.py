@@ -167,3 +167,11 @@ def test_check_data_on_the_shipped_ldm_config_before_its_autoencoder_exists(demo
 def test_check_data_set_applies_to_configs_only(demo2d, capsys):
     code, err = _run(capsys, "check-data", demo2d, "--set", "data_source=both")
     _mismatch(code, err, "--set applies to a config")
+
+
+def test_the_cheapest_check_speaks_first(tmp_path, capsys):
+    """The shipped vae_config.json with no data folder: the missing folder is named, not the perceptual network
+    (whose weights are not on this machine either) that only building the networks would find."""
+    code, err = _run(capsys, "train-vae", ROOT / "vae_config.json", "--set", f"data_base_dir={tmp_path / 'none'}",
+                     "--set", f"run_dir={tmp_path / 'run'}")
+    _mismatch(code, err, f"data_base_dir={tmp_path / 'none'} is not a folder")
