@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, free_port, preempt_then_resume, torchrun, train_vae as main
+from conftest import TINY, free_port, stop_preempt_resume, torchrun, train_vae as main
 from medgen.io.checkpoint import load_checkpoint
 
 
@@ -78,20 +78,10 @@ def test_two_processes_scale_lr_and_end_with_identical_weights(ddp_two_epochs):
         assert threads and not any("gloo" in t for t in threads), threads
 
 
-def test_stop_after_epoch_one_and_resume_is_bitwise_equal(demo2d, ddp_two_epochs, tmp_path):
-    run = tmp_path / "resumed"
-    _ddp_run(demo2d, run, ["autoencoder_train.max_epochs=1"])
-    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 1
-    _ddp_run(demo2d, run, ["resume_ckpt=true"])
-    full = load_checkpoint(ddp_two_epochs / "checkpoints" / "last.pt")
-    resumed = load_checkpoint(run / "checkpoints" / "last.pt")
+def test_stop_after_epoch_one_then_sigterm_on_one_rank_mid_epoch_stops_both_and_resumes_bitwise_equal(
+        demo2d, ddp_two_epochs, tmp_path):
+    resumed, proc = stop_preempt_resume(_ddp_run, demo2d, tmp_path / "preempted", "autoencoder_train.max_epochs")
     assert resumed["epoch"] == 2
-    assert _same_weights(full["autoencoder"], resumed["autoencoder"])
-    assert _same_weights(full["discriminator"], resumed["discriminator"])
-
-
-def test_sigterm_on_one_rank_mid_epoch_stops_both_and_resumes_bitwise_equal(demo2d, ddp_two_epochs, tmp_path):
-    resumed, proc = preempt_then_resume(_ddp_run, demo2d, tmp_path / "preempted")
     log = proc.stdout + proc.stderr  # a log file, as `make demo > log` or a cluster writes it
     assert "\r" not in log and "epoch 2/2 step 2/2:" in log, log[-2000:]
     full = load_checkpoint(ddp_two_epochs / "checkpoints" / "last.pt")
