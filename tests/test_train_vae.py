@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, free_port, stop_preempt_resume, torchrun, train_vae as main
+from conftest import ROOT, TINY, free_port, stop_preempt_resume, torchrun, train_vae as main
 from medgen.io.checkpoint import load_checkpoint
 
 
@@ -51,10 +51,33 @@ def _ddp_run(demo, run, extra=(), nproc=2, env=None, torchrun_args=(), check=Tru
                     env=env, check=check)
 
 
+def _two_nodes(demo, run, extra=()) -> list[str]:
+    """Two torchrun agents on loopback (--nnodes=2), one process each, as two machines would start them."""
+    import os
+    import subprocess
+    import sys
+
+    port = free_port()
+    sets = [f"--set={o}" for o in (*TINY, f"data_base_dir={demo}", f"run_dir={run}", *extra)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={rank}",
+                          "--nproc_per_node=1", "--master_addr=127.0.0.1", f"--master_port={port}",
+                          "tests/ddp_worker.py", "vae_config.json", *sets],
+                         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for rank in (0, 1)
+    ]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    return outputs
+
+
 @pytest.fixture(scope="module")
 def ddp_two_epochs(demo2d, tmp_path_factory):
+    """The uninterrupted 2-process run the others are compared with: two nodes of one process each (the same
+    ranks and world size as --nproc_per_node=2 on one node, so the same weights, bit for bit)."""
     run = tmp_path_factory.mktemp("ddp") / "full"
-    _ddp_run(demo2d, run)
+    _two_nodes(demo2d, run)
     return run
 
 
@@ -99,28 +122,11 @@ def test_worker_killed_mid_epoch_restarts_from_last_checkpoint(demo2d, ddp_two_e
     assert _same_weights(full["autoencoder"], restarted["autoencoder"])
 
 
-def test_two_nodes_on_loopback_train(demo2d, tmp_path):
-    import subprocess
-    import sys
-    import os
-
-    run = tmp_path / "two_nodes"
-    port = free_port()
-    sets = [f"--set={o}" for o in (*TINY, f"data_base_dir={demo2d}", f"run_dir={run}", "autoencoder_train.max_epochs=1")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    procs = [
-        subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={rank}",
-                          "--nproc_per_node=1", "--master_addr=127.0.0.1", f"--master_port={port}",
-                          "tests/ddp_worker.py", "vae_config.json", *sets],
-                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for rank in (0, 1)
-    ]
-    outputs = [p.communicate(timeout=300)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outputs
-    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
-    assert ckpt["world_size"] == 2 and ckpt["epoch"] == 1
-    r0 = torch.load(run / "weights_rank0.pt", weights_only=True)
-    r1 = torch.load(run / "weights_rank1.pt", weights_only=True)
+def test_two_nodes_on_loopback_train(ddp_two_epochs):
+    ckpt = load_checkpoint(ddp_two_epochs / "checkpoints" / "last.pt")
+    assert ckpt["world_size"] == 2 and ckpt["epoch"] == 2
+    r0 = torch.load(ddp_two_epochs / "weights_rank0.pt", weights_only=True)
+    r1 = torch.load(ddp_two_epochs / "weights_rank1.pt", weights_only=True)
     assert _same_weights(r0["autoencoder"], r1["autoencoder"])
 
 
