@@ -240,13 +240,21 @@ def install_signal_hook(trainer_cls) -> None:
     trainer_cls.train_step = train_step
 
 
-def preempt_then_resume(ddp_run, demo, run) -> tuple[dict, subprocess.CompletedProcess]:
-    """Two processes, 2 steps an epoch (8 training images, batch 2): rank 1 alone gets SIGTERM during step 0 of
-    epoch 1; both ranks must stop after that step with last.pt at (epoch 1, step 1). Then resume to the end.
-    Returns the final checkpoint and the resumed run's process."""
+def stop_preempt_resume(ddp_run, demo, run, max_epochs_key: str) -> tuple[dict, subprocess.CompletedProcess]:
+    """Two processes, 2 steps an epoch (8 training images, batch 2), three launches that each resume the last:
+
+    1. a run with ``max_epochs=1`` ends at the epoch boundary: last.pt at (epoch 1, step 0);
+    2. resumed with the full epoch count, rank 1 alone gets SIGTERM during step 0 of epoch 1; both ranks must
+       stop after that step with last.pt at (epoch 1, step 1);
+    3. resumed again, to the end.
+
+    Returns the final checkpoint and the last run's process, to compare with an uninterrupted run."""
     from medgen.io.checkpoint import load_checkpoint
 
-    proc = ddp_run(demo, run, env={"MEDGEN_TEST_SIGNAL": "SIGTERM@1:0:1"}, check=False)
+    ddp_run(demo, run, [f"{max_epochs_key}=1"])
+    saved = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert (saved["epoch"], saved["step_in_epoch"]) == (1, 0)
+    proc = ddp_run(demo, run, ["resume_ckpt=true"], env={"MEDGEN_TEST_SIGNAL": "SIGTERM@1:0:1"}, check=False)
     assert proc.returncode != 0 and "interrupted (SIGTERM) at epoch 2 step 1" in proc.stderr, proc.stderr[-3000:]
     saved = load_checkpoint(run / "checkpoints" / "last.pt")
     assert (saved["epoch"], saved["step_in_epoch"]) == (1, 1)

@@ -12,6 +12,7 @@ import torch
 from conftest import ROOT, TINY_LDM
 from medgen.cli import main
 from medgen.config import load_config
+from medgen.inference.sample import BATCH_SIZE_TOLERANCE
 from medgen.io import read_image
 from medgen.io.discovery import discover_items
 from medgen.training.ldm import LDMTrainer
@@ -46,11 +47,16 @@ def test_writes_count_images_of_the_training_size_and_same_seed_same_files(ldm, 
     assert _sample(ldm, tmp_path / "a", *args) == 0
     assert _sample(ldm, tmp_path / "b", *args) == 0
     assert _sample(ldm, tmp_path / "c", "--class", "dente", "--count", "1", "--steps", "3", "--seed", "1") == 0
+    assert _sample(ldm, tmp_path / "d", *args, "--batch-size", "3") == 0  # default 4
     files = sorted((tmp_path / "a").iterdir())
     assert [p.name for p in files] == [f"sample_0000{i}.png" for i in range(4)]
     a, b, c = _images(tmp_path / "a"), _images(tmp_path / "b"), _images(tmp_path / "c")
     assert all(x.shape == (1, 40, 40) for x in a)  # demo2d images are 40x40
     assert all(p.read_bytes() == q.read_bytes() for p, q in zip(files, sorted((tmp_path / "b").iterdir())))
+    # ddim draws no noise after the first: another batch size gives the same images up to rounding (in 16-bit
+    # files: a value near the edge of two grey levels may land on either)
+    d = np.stack(_images(tmp_path / "d")) / 65535
+    np.testing.assert_allclose(d, np.stack(a) / 65535, rtol=0, atol=BATCH_SIZE_TOLERANCE)
     assert not np.array_equal(a[0], c[0])
     assert len({x.tobytes() for x in a}) == 4  # four different samples
 

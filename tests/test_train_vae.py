@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, free_port, preempt_then_resume, torchrun, train_vae as main
+from conftest import ROOT, TINY, free_port, stop_preempt_resume, torchrun, train_vae as main
 from medgen.io.checkpoint import load_checkpoint
 
 
@@ -51,10 +51,33 @@ def _ddp_run(demo, run, extra=(), nproc=2, env=None, torchrun_args=(), check=Tru
                     env=env, check=check)
 
 
+def _two_nodes(demo, run, extra=()) -> list[str]:
+    """Two torchrun agents on loopback (--nnodes=2), one process each, as two machines would start them."""
+    import os
+    import subprocess
+    import sys
+
+    port = free_port()
+    sets = [f"--set={o}" for o in (*TINY, f"data_base_dir={demo}", f"run_dir={run}", *extra)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={rank}",
+                          "--nproc_per_node=1", "--master_addr=127.0.0.1", f"--master_port={port}",
+                          "tests/ddp_worker.py", "vae_config.json", *sets],
+                         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for rank in (0, 1)
+    ]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    return outputs
+
+
 @pytest.fixture(scope="module")
 def ddp_two_epochs(demo2d, tmp_path_factory):
+    """The uninterrupted 2-process run the others are compared with: two nodes of one process each (the same
+    ranks and world size as --nproc_per_node=2 on one node, so the same weights, bit for bit)."""
     run = tmp_path_factory.mktemp("ddp") / "full"
-    _ddp_run(demo2d, run)
+    _two_nodes(demo2d, run)
     return run
 
 
@@ -78,20 +101,10 @@ def test_two_processes_scale_lr_and_end_with_identical_weights(ddp_two_epochs):
         assert threads and not any("gloo" in t for t in threads), threads
 
 
-def test_stop_after_epoch_one_and_resume_is_bitwise_equal(demo2d, ddp_two_epochs, tmp_path):
-    run = tmp_path / "resumed"
-    _ddp_run(demo2d, run, ["autoencoder_train.max_epochs=1"])
-    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 1
-    _ddp_run(demo2d, run, ["resume_ckpt=true"])
-    full = load_checkpoint(ddp_two_epochs / "checkpoints" / "last.pt")
-    resumed = load_checkpoint(run / "checkpoints" / "last.pt")
+def test_stop_after_epoch_one_then_sigterm_on_one_rank_mid_epoch_stops_both_and_resumes_bitwise_equal(
+        demo2d, ddp_two_epochs, tmp_path):
+    resumed, proc = stop_preempt_resume(_ddp_run, demo2d, tmp_path / "preempted", "autoencoder_train.max_epochs")
     assert resumed["epoch"] == 2
-    assert _same_weights(full["autoencoder"], resumed["autoencoder"])
-    assert _same_weights(full["discriminator"], resumed["discriminator"])
-
-
-def test_sigterm_on_one_rank_mid_epoch_stops_both_and_resumes_bitwise_equal(demo2d, ddp_two_epochs, tmp_path):
-    resumed, proc = preempt_then_resume(_ddp_run, demo2d, tmp_path / "preempted")
     log = proc.stdout + proc.stderr  # a log file, as `make demo > log` or a cluster writes it
     assert "\r" not in log and "epoch 2/2: recon=" in log, log[-2000:]
     assert "step 2/2:" not in log  # the epoch's line, not a copy of it as the last step's line
@@ -111,28 +124,11 @@ def test_worker_killed_mid_epoch_restarts_from_last_checkpoint(demo2d, ddp_two_e
     assert _same_weights(full["autoencoder"], restarted["autoencoder"])
 
 
-def test_two_nodes_on_loopback_train(demo2d, tmp_path):
-    import subprocess
-    import sys
-    import os
-
-    run = tmp_path / "two_nodes"
-    port = free_port()
-    sets = [f"--set={o}" for o in (*TINY, f"data_base_dir={demo2d}", f"run_dir={run}", "autoencoder_train.max_epochs=1")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    procs = [
-        subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={rank}",
-                          "--nproc_per_node=1", "--master_addr=127.0.0.1", f"--master_port={port}",
-                          "tests/ddp_worker.py", "vae_config.json", *sets],
-                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for rank in (0, 1)
-    ]
-    outputs = [p.communicate(timeout=300)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outputs
-    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
-    assert ckpt["world_size"] == 2 and ckpt["epoch"] == 1
-    r0 = torch.load(run / "weights_rank0.pt", weights_only=True)
-    r1 = torch.load(run / "weights_rank1.pt", weights_only=True)
+def test_two_nodes_on_loopback_train(ddp_two_epochs):
+    ckpt = load_checkpoint(ddp_two_epochs / "checkpoints" / "last.pt")
+    assert ckpt["world_size"] == 2 and ckpt["epoch"] == 2
+    r0 = torch.load(ddp_two_epochs / "weights_rank0.pt", weights_only=True)
+    r1 = torch.load(ddp_two_epochs / "weights_rank1.pt", weights_only=True)
     assert _same_weights(r0["autoencoder"], r1["autoencoder"])
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import preempt_then_resume, torchrun, train_wgan as main
+from conftest import stop_preempt_resume, torchrun, train_wgan as main
 from medgen.training.base import resume_path
 from medgen.config import ConfigError, WGANConfig
 from medgen.config import load_config
@@ -238,22 +238,11 @@ def test_two_processes_scale_lr_log_grid_and_gp_and_end_identical(ddp_two_epochs
         assert threads and not any("gloo" in t for t in threads), threads
 
 
-def test_stop_after_epoch_one_and_resume_is_bitwise_equal(demo2d, ddp_two_epochs, tmp_path):
-    run = tmp_path / "resumed"
-    _ddp_run(demo2d, run, ["wgan_train.max_epochs=1"])
-    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 1
-    _ddp_run(demo2d, run, ["resume_ckpt=true"])
+def test_stop_after_epoch_one_then_sigterm_on_one_rank_mid_epoch_stops_both_and_resumes_bitwise_equal(
+        demo2d, ddp_two_epochs, tmp_path):
+    resumed, _ = stop_preempt_resume(_ddp_run, demo2d, tmp_path / "preempted", "wgan_train.max_epochs")
     full = load_checkpoint(ddp_two_epochs / "checkpoints" / "last.pt")
-    resumed = load_checkpoint(run / "checkpoints" / "last.pt")
     assert resumed["epoch"] == 2 and resumed["global_step"] == full["global_step"]
-    for key in ("generator", "critic", "ema"):
-        assert _same(full[key], resumed[key]), key
-
-
-def test_sigterm_on_one_rank_mid_epoch_stops_both_and_resumes_bitwise_equal(demo2d, ddp_two_epochs, tmp_path):
-    resumed, _ = preempt_then_resume(_ddp_run, demo2d, tmp_path / "preempted")
-    full = load_checkpoint(ddp_two_epochs / "checkpoints" / "last.pt")
-    assert resumed["global_step"] == full["global_step"]
     for key in ("generator", "critic", "ema"):
         assert _same(full[key], resumed[key]), key
 

@@ -53,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--count", type=int, required=True, help="number of images")
     p.add_argument("--output", required=True, help="folder for sample_00000.<ext>, ...")
     p.add_argument("--format", choices=sorted(FORMATS), default="png", help="png (16-bit), nii (.nii.gz) or dcm")
-    p.add_argument("--seed", type=int, default=0, help="noise seed (same seed, same images)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (same seed and --batch-size, same files)")
     p.add_argument("--batch-size", type=int, default=None, help="images generated at a time (default 16; latent diffusion 4)")
     p.add_argument("--force", action="store_true", help="sample even from a generator that never took a training step")
     ldm = p.add_argument_group("latent diffusion checkpoints")

@@ -8,13 +8,16 @@ Latent diffusion (:func:`sample_ldm_to_files`): the EMA UNet samples latents of 
 (default: the training images' size), which the checkpoint's own autoencoder decodes in tiles
 (:func:`medgen.models.tiled.tiled_decode`), so panoramic sizes decode with bounded memory. The noise of all
 samples is drawn at once from ``seed``; stochastic (ddpm) steps draw from a generator seeded per batch, so
-equal seed and ``--batch-size`` give equal images.
+equal seed and ``--batch-size`` give equal files, while another ``--batch-size`` gives other ddpm samples (ddim
+and rflow samples agree across batch sizes within :data:`BATCH_SIZE_TOLERANCE`).
 
 The EMA generator is used when the checkpoint has one. Images are written with
 :func:`medgen.io.writer.write_image` in [0, 1] (PNG 16-bit, NIfTI float32, DICOM 16-bit Secondary Capture);
 DICOM files are marked synthetic and derived (ConversionType SYN, ImageType DERIVED\\SECONDARY) and get fresh
 UIDs. The noise of all ``count`` samples is drawn at once from ``seed``, and the generator runs in eval mode,
-so the images depend on the checkpoint and the seed only, not on ``--batch-size``.
+so equal checkpoint, seed and ``--batch-size`` give equal files. Another ``--batch-size`` draws the same noise
+for each image but runs it through kernels that may sum in another order (CPU and GPU libraries pick them by
+batch size): the images agree within :data:`BATCH_SIZE_TOLERANCE`, not bitwise.
 """
 
 from __future__ import annotations
@@ -33,6 +36,10 @@ from medgen.models.wgan import to_unit_range
 __all__ = ["load_generator", "generate", "sample_to_files", "is_ldm_checkpoint", "load_ldm", "generate_ldm",
            "sample_ldm_to_files", "sample_ldm_classes"]
 
+#: how far (on the [0, 1] scale) the images of one seed may differ between two batch sizes with float32 kernels
+#: (CPUs; GPUs with ``torch.backends.cudnn.allow_tf32 = False``): rounding, under a tenth of an 8-bit grey level.
+#: GPUs that run convolutions in TF32 (PyTorch's default on Ampere and newer) round far more coarsely.
+BATCH_SIZE_TOLERANCE = 1e-4
 
 def load_generator(checkpoint: str | Path, device: str | torch.device = "cpu", use_ema: bool = True,
                    force: bool = False) -> torch.nn.Module:
@@ -92,7 +99,8 @@ def _weights(ckpt: dict, key: str, use_ema: bool) -> dict:
 def generate(generator: torch.nn.Module, count: int, seed: int = 0, batch_size: int = 16):
     """Yield batches of generated images in [0, 1] (b, 1, S, S) on CPU, ``count`` in all.
 
-    The noise (count, z_dim) is drawn at once from a CPU ``torch.Generator`` seeded with ``seed``.
+    The noise (count, z_dim) is drawn at once from a CPU ``torch.Generator`` seeded with ``seed``: each image
+    gets the same noise at any ``batch_size``, and the same values within :data:`BATCH_SIZE_TOLERANCE`.
     """
     noise = torch.randn(count, generator.z_dim, generator=torch.Generator().manual_seed(seed))
     device = next(generator.parameters()).device
