@@ -11,6 +11,7 @@ import torch
 
 from conftest import ROOT, TINY_LDM
 from medgen.cli import main
+from medgen.data.demo import write_demo_dataset
 from medgen.config import load_config
 from medgen.inference.sample import BATCH_SIZE_TOLERANCE
 from medgen.io import read_image
@@ -97,27 +98,36 @@ def _check(samples, train, out, *extra) -> int:
     return main(["check-copies", "--samples", str(samples), "--train", str(train), "--output", str(out), *extra])
 
 
-def test_check_copies_flags_a_copied_training_image_and_passes_generated_samples(ldm, demo2d, tmp_path, capsys):
+def test_check_copies_flags_a_copied_training_image_and_cannot_judge_noise(ldm, demo2d, tmp_path, capsys):
+    """The LDM here took four steps: its samples are noise, unlike every training image, and the check says it
+    cannot judge them instead of calling them clean; a training radiograph copied among them is flagged."""
     import json
     import shutil
 
     samples = tmp_path / "samples"
     assert _sample(ldm, samples, "--class", "dente", "--count", "3", "--steps", "3") == 0
-    assert _check(samples, demo2d, tmp_path / "clean") == 0
-    report = json.loads((tmp_path / "clean" / "copy_check.json").read_text())
+    capsys.readouterr()
+    assert _check(samples, demo2d, tmp_path / "noise") == 1
+    report = json.loads((tmp_path / "noise" / "copy_check.json").read_text())
     assert report["flagged"] == [] and report["num_train"] == 10 and report["num_samples"] == 3
-    assert 0 < report["threshold"] < min(r["distance"] for r in report["samples"])
+    assert len(report["unlike"]) == 3 and report["threshold"] < report["unlike_distance"]
+    assert "3 of 3 samples are unlike every training image" in capsys.readouterr().out
     # a training radiograph copied among the samples: found, and the exit code says so
     copied = next((demo2d / "edente").glob("*.dcm"))
     shutil.copy(copied, samples / "copied.dcm")
-    capsys.readouterr()
     assert _check(samples, demo2d, tmp_path / "leak") == 1
     report = json.loads((tmp_path / "leak" / "copy_check.json").read_text())
-    assert report["flagged"] == ["copied.dcm"]
+    assert report["flagged"] == ["copied.dcm"] and "copied.dcm" not in report["unlike"]
     assert report["samples"][0]["nearest_train"] == f"edente/{copied.name}" and report["samples"][0]["distance"] < 1e-6
     assert "1 closer than" in capsys.readouterr().out
     sheet = read_image(tmp_path / "leak" / "closest_pairs.png")[0]
     assert sheet.shape[-1] == 2 * 128 + 4  # sample | training image
+    # held-out demo images of the same kind as the training set: judged, and clean
+    held_out = tmp_path / "held_out"
+    write_demo_dataset(held_out, spatial_dims=2, count=3, size=40, seed=99)
+    assert _check(held_out, demo2d, tmp_path / "real") == 0
+    report = json.loads((tmp_path / "real" / "copy_check.json").read_text())
+    assert report["flagged"] == [] and report["unlike"] == []
 
 
 def test_check_copies_threshold_can_be_given(ldm, demo2d, tmp_path):

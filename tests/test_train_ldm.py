@@ -84,8 +84,9 @@ def test_two_epochs_write_scale_factor_ema_and_tensorboard(run2d):
     acc = EventAccumulator(str(run2d / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
     acc.Reload()
     assert {"loss/diffusion", "lr/unet", "latent/scale_factor", "val/loss", "throughput/images_per_s",
-            "val/nearest_train_distance"} <= set(acc.Tags()["scalars"])
+            "val/nearest_train_distance", "val/copy_share"} <= set(acc.Tags()["scalars"])
     assert 0 < acc.Scalars("val/nearest_train_distance")[-1].value <= 2
+    assert [e.value for e in acc.Scalars("val/copy_share")] == [0.0, 0.0]  # two epochs of noise copy no one
     assert {"val/samples_edente", "val/samples_dente"} <= set(acc.Tags()["images"])
     grid = acc.Images("val/samples_dente")[-1]
     assert grid.height == 2 * (40 + 2)  # 2 samples at the training images' full size
@@ -179,3 +180,31 @@ def test_torchrun_two_processes_train_two_epochs(demo2d, vae2d, run2d, tmp_path)
     single = load_checkpoint(run2d / "checkpoints" / "last.pt")["latent_stats"]
     assert ckpt["latent_stats"]["scale_factor"] == pytest.approx(single["scale_factor"], rel=1e-9)
     assert ckpt["latent_stats"]["count"] == single["count"]
+
+
+def test_copies_among_the_validation_samples_are_logged_warned_about_and_can_stop_the_run(demo2d, vae2d, tmp_path,
+                                                                                          monkeypatch, caplog):
+    """Samples that are training images (as a memorising model's would be): val/copy_share 1, a warning, and
+    with ldm_train.stop_on_copies the run ends after that validation with last.pt written."""
+    import logging
+
+    from medgen.data.transforms import read_windowed
+    from medgen.training.ldm import LDMTrainer
+
+    def memorised(self, count=None):
+        images = [read_windowed(it["image"], self.cfg.intensity_percentiles) for it in self.train_items[:2]]
+        return {"dente": torch.stack(images)}
+
+    monkeypatch.setattr(LDMTrainer, "samples", memorised)
+    run = tmp_path / "run"
+    with caplog.at_level(logging.WARNING, logger="medgen.train"):
+        assert train_ldm(["ldm_config.json", *sets(demo2d, run, vae2d, "ldm_train.max_epochs=3",
+                                                    "ldm_train.stop_on_copies=true")]) == 0
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 1  # stopped after the first validation
+    assert "100% of the samples are copies of training images" in caplog.text
+    assert "stopping after epoch 1 (ldm_train.stop_on_copies=true)" in caplog.text
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    assert [e.value for e in acc.Scalars("val/copy_share")] == [1.0]

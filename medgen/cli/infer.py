@@ -66,9 +66,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "check-copies", help="flag generated images that are (nearly) copies of training images",
-        description="Nearest training image of each generated image by 1 - NCC of 64x64 (volumes 32^3) thumbnails; "
+        description="Nearest training image of each generated image by 1 - NCC of 64x64 (volumes 32^3) thumbnails, "
+                    "the closest of the sample's small shifts, crops and mirror image; "
                     "writes copy_check.json and closest_pairs.png and exits 1 when a sample is closer to a training "
-                    "image than the threshold (default: calibrated on the distances between distinct training images).",
+                    "image than the threshold (default: calibrated on the distances between distinct training images), "
+                    "or when samples are so unlike every training image (noise) that the check cannot judge them.",
     )
     p.add_argument("--samples", required=True, help="folder of generated images (e.g. the output of medgen sample)")
     p.add_argument("--train", required=True, help="training config JSON (its training split) or a folder of training images")
@@ -192,7 +194,11 @@ def check_copies(args: argparse.Namespace) -> int:
           f"{len(r['flagged'])} closer than {r['threshold']:.4g} (1 - NCC)"
           + (f"; closest {closest['sample']} ~ {closest['nearest_train']} at {closest['distance']:.4g}" if closest else "")
           + f"; report in {r['output']}")
-    return 1 if r["flagged"] else 0
+    if r["unlike"]:
+        print(f"{len(r['unlike'])} of {r['num_samples']} samples are unlike every training image (distance above "
+              f"{r['unlike_distance']:.3g}, {r['calibration'].get('train_nn_median', 0):.3g} is typical between training "
+              "images): noise or an untrained model; the check cannot say whether they copy anyone")
+    return 1 if r["flagged"] or r["unlike"] else 0
 
 
 def fit_decoder(args: argparse.Namespace) -> int:

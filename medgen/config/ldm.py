@@ -66,6 +66,9 @@ class LDMTrain:
     guidance_scale: float = 3.0  # classifier-free guidance of the validation samples (0: unconditional, 1: plain conditional)
     label_dropout: float = 0.1  # fraction of training labels replaced by "no class" (classifier-free guidance)
     ema_decay: float | None = 0.999  # EMA of the UNet weights, used for samples; null: off
+    # stop the run after a validation whose samples include a copy of a training image (check-copies' rule;
+    # val/copy_share > 0), keeping that validation's last.pt; false: warn and go on
+    stop_on_copies: bool = False
 
     def validate(self, spatial_dims: int, unet: DiffusionDef, prefix: str = "ldm_train.") -> None:
         for name in ("batch_size", "max_epochs", "val_interval", "grad_accum_steps", "num_train_timesteps"):

@@ -4,9 +4,10 @@
 
 Every sample and every training image is read and windowed to [0, 1] as training reads images, reduced to
 a thumbnail and compared by ``1 - NCC`` (:mod:`medgen.metrics.copies` says why this distance). The threshold
-is calibrated on the training images themselves unless ``--threshold`` is given. Written to ``--output``:
-``copy_check.json`` (every sample's nearest training image and distance, the calibration, the flagged
-samples) and ``closest_pairs.png`` (the closest pairs side by side: sample left, training image right;
+is calibrated on the training images themselves unless ``--threshold`` is given; so is the distance beyond
+which a sample looks like no training image at all (noise, an untrained model), which the check reports as
+*unlike*: it cannot say whether such a sample copies anyone. Written to ``--output``: ``copy_check.json``
+(every sample's nearest training image and distance, the calibration, the flagged and the unlike samples) and ``closest_pairs.png`` (the closest pairs side by side: sample left, training image right;
 volumes as their middle axial slice). Images are named by their path relative to the folders given, never
 by header values.
 """
@@ -24,7 +25,7 @@ from medgen.data.transforms import read_windowed
 from medgen.errors import InvalidValueError
 from medgen.io.discovery import data_source, relative_name
 from medgen.io.files import write_text_atomic
-from medgen.metrics.copies import calibrate, nearest, thumbnail
+from medgen.metrics.copies import MARGIN, calibrate, nearest, thumbnail
 
 __all__ = ["check_copies", "REPORT", "SHEET"]
 
@@ -32,9 +33,8 @@ REPORT, SHEET = "copy_check.json", "closest_pairs.png"
 SHEET_TILE = 128  # pixels per image in the sheet
 
 
-def _thumbnails(paths: list[Path], percentiles) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    images = [read_windowed(str(p), percentiles) for p in paths]
-    return torch.stack([thumbnail(x) for x in images]), images
+def _read(paths: list[Path], percentiles) -> list[torch.Tensor]:
+    return [read_windowed(str(p), percentiles) for p in paths]
 
 
 def _tile(image: torch.Tensor) -> torch.Tensor:
@@ -55,7 +55,7 @@ def _sheet(pairs: list[tuple[torch.Tensor, torch.Tensor]], path: Path) -> Path:
 
 
 def check_copies(samples: str | Path, train: str | Path, output: str | Path | None = None, threshold: float | None = None,
-                 percentile: float = 5.0, margin: float = 0.5, pairs: int = 8) -> dict:
+                 percentile: float = 5.0, margin: float = MARGIN, pairs: int = 8) -> dict:
     """Nearest training image of every sample; writes the report and the sheet (see the module docstring).
 
     Args:
@@ -67,7 +67,9 @@ def check_copies(samples: str | Path, train: str | Path, output: str | Path | No
         pairs: closest pairs shown in the sheet.
 
     Returns:
-        the report: ``threshold``, ``calibration``, ``samples`` (sorted by distance), ``flagged``, ``num_train``.
+        the report: ``threshold``, ``unlike_distance``, ``calibration``, ``samples`` (sorted by distance),
+        ``flagged`` (copies), ``unlike`` (samples farther from every training image than training images are
+        from each other: noise the check cannot judge), ``num_train``.
     """
     src, tr = data_source(samples), data_source(train)
     percentiles = tr.config.intensity_percentiles if tr.config is not None else (0.5, 99.5)
@@ -76,23 +78,27 @@ def check_copies(samples: str | Path, train: str | Path, output: str | Path | No
     if len(train_paths) < 2 and threshold is None:
         raise InvalidValueError(f"--train {train} holds {len(train_paths)} image; calibrating the threshold needs at least 2, "
                                 "or give --threshold")
-    train_t, train_images = _thumbnails(train_paths, percentiles)
-    sample_t, sample_images = _thumbnails(sample_paths, percentiles)
+    train_images, sample_images = _read(train_paths, percentiles), _read(sample_paths, percentiles)
     dims = {name: images[0].ndim - 1 for name, images in (("--samples", sample_images), ("--train", train_images)) if images}
     if len(set(dims.values())) > 1:
         raise InvalidValueError(f"--samples {samples} holds {dims['--samples']}D images but --train {train} holds "
                                 f"{dims['--train']}D ones; compare samples with training images of the same dimensionality")
-    dist, index = nearest(sample_t, train_t)
-    calibration = calibrate(train_t, percentile, margin) if len(train_paths) >= 2 else {}
+    train_t = torch.stack([thumbnail(x) for x in train_images])
+    dist, index = nearest(sample_images, train_t)
+    calibration = calibrate(train_t, percentile, margin, train_images) if len(train_paths) >= 2 else {}
     limit = threshold if threshold is not None else calibration["threshold"]
+    unlike = calibration.get("unlike", 2.0)
     rows = sorted(
         ({"sample": relative_name(sample_paths[i], src.base), "nearest_train": relative_name(train_paths[j], tr.base),
-          "distance": float(d), "flagged": bool(d < limit)} for i, (d, j) in enumerate(zip(dist.tolist(), index.tolist()))),
+          "distance": float(d), "flagged": bool(d < limit), "unlike": bool(d > unlike)}
+         for i, (d, j) in enumerate(zip(dist.tolist(), index.tolist()))),
         key=lambda r: r["distance"],
     )
-    report = {"metric": "1 - NCC of thumbnails", "threshold": limit, "threshold_given": threshold is not None,
-              "calibration": calibration, "num_train": len(train_paths), "num_samples": len(sample_paths),
-              "flagged": [r["sample"] for r in rows if r["flagged"]], "samples": rows}
+    report = {"metric": "1 - NCC of thumbnails (closest shift, crop or mirror of the sample)", "threshold": limit,
+              "threshold_given": threshold is not None, "unlike_distance": unlike, "calibration": calibration,
+              "num_train": len(train_paths), "num_samples": len(sample_paths),
+              "flagged": [r["sample"] for r in rows if r["flagged"]], "unlike": [r["sample"] for r in rows if r["unlike"]],
+              "samples": rows}
     out = Path(output) if output is not None else Path(src.base).parent / f"{Path(src.base).name}_copy_check"
     write_text_atomic(out / REPORT, json.dumps(report, indent=2) + "\n")
     order = np.argsort(dist.numpy())[:pairs]

@@ -48,7 +48,7 @@ from medgen.errors import MedgenError
 from medgen.io.discovery import discover_items
 from medgen.io.files import write_text_atomic
 from medgen.training.checkpointer import Checkpointer, NonFiniteTraining, Record, changed_settings, resume_path
-from medgen.training.distributed import DistInfo, all_reduce_max, cleanup, init_distributed, scaled_lr
+from medgen.training.distributed import DistInfo, all_reduce_max, broadcast_object, cleanup, init_distributed, scaled_lr
 
 log = logging.getLogger("medgen.train")
 
@@ -280,6 +280,11 @@ class Trainer:
 
     def on_epoch_end(self, means: dict[str, float]) -> None:
         """After each epoch's scalars are logged (every rank): method-specific checks."""
+
+    def stop_reason(self, metrics: dict[str, float]) -> str | None:
+        """After a validation and its checkpoint: why the run should end there (logged), or None to go on; rank
+        0's answer holds for every rank."""
+        return None
 
     # ------------------------------------------------------------------ helpers for methods
     @property
@@ -568,11 +573,19 @@ class Trainer:
                     self.train_epoch()
                     self.epoch += 1
                     last = self.epoch == t.max_epochs
-                    if self.epoch % t.val_interval == 0 or last:
+                    validated = self.epoch % t.val_interval == 0 or last
+                    if validated:
                         metrics = self._validate()
                     saved = self.epoch % self.cfg.checkpoint_interval == 0 or last
                     if saved:
                         self.save("last.pt")
+                    reason = broadcast_object(self.stop_reason(metrics)) if validated else None  # rank 0's answer
+                    if reason:
+                        if not saved:
+                            self.save("last.pt")
+                        if self.dist.is_main:
+                            log.warning("%s", reason)
+                        break
                     if not last:
                         self._stop_if_requested(already_saved=saved)
         finally:

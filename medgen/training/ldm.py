@@ -14,7 +14,9 @@ What differs from the other methods:
   guidance), gradient accumulation, EMA weights for samples.
 - **validation**: the diffusion loss on fixed centre crops of the validation latents (fixed noise and
   timesteps), per class decoded samples at full image size from fixed noise (TensorBoard), and their
-  copy-check distance to the nearest training image (``val/nearest_train_distance``).
+  copy-check distance to the nearest training image (``val/nearest_train_distance``) and the share of them
+  `medgen check-copies` would flag (``val/copy_share``; a warning when above 0, ``ldm_train.stop_on_copies``
+  stops the run).
 
 The loop, checkpoints, resume, logging and launch are :class:`medgen.training.base.Trainer`'s. The
 checkpoint also holds the autoencoder and its config, so ``medgen sample`` needs nothing else.
@@ -34,7 +36,7 @@ import torch.nn.functional as F
 from medgen.config import ConfigError, LDMConfig, to_dict
 from medgen.data.latents import LatentCrops, RunningMoments, encode_image, file_stamp, latent_key, load_latent, save_latent
 from medgen.data.transforms import deterministic_transforms, read_windowed
-from medgen.metrics.copies import nearest, thumbnail
+from medgen.metrics.copies import calibrate, nearest, thumbnail
 from medgen.models.autoencoder import autoencoder_config, load_autoencoder
 from medgen.models.tiled import tiling_for
 from medgen.models.diffusion import (CLASS_INDEX, NULL_CLASS, build_unet, generate_images,
@@ -241,17 +243,31 @@ class LDMTrainer(Trainer):
             samples = self.samples()
             for name, images in samples.items():
                 self.writer.add_image(f"val/samples_{name}", comparison_grid([images]), self.global_step)
-            metrics["nearest_train_distance"] = self.nearest_train_distance(torch.cat(list(samples.values())))
+            metrics.update(self.copy_check(torch.cat(list(samples.values()))))
+            if metrics["copy_share"] > 0:
+                log.warning("validation after epoch %d: %.0f%% of the samples are copies of training images (check-copies' "
+                            "rule, nearest distance %.3g); see `medgen check-copies` and docs on memorisation%s",
+                            self.epoch, 100 * metrics["copy_share"], metrics["nearest_train_distance"],
+                            "" if self.cfg.ldm_train.stop_on_copies else "; ldm_train.stop_on_copies=true stops the run here")
         self.unet.train()
         return metrics
 
-    def nearest_train_distance(self, images: torch.Tensor) -> float:
-        """The smallest copy-check distance (:mod:`medgen.metrics.copies`) of ``images`` to any training image:
-        near 0, the model reproduces a training image."""
+    def copy_check(self, images: torch.Tensor) -> dict[str, float]:
+        """``nearest_train_distance``: the smallest copy-check distance (:mod:`medgen.metrics.copies`) of ``images``
+        to any training image (near 0: the model reproduces one); ``copy_share``: the share of ``images`` that
+        `medgen check-copies` would flag, its threshold calibrated once on (up to 256 of) the training images."""
         if self._train_thumbnails is None:  # read once, at the first validation
-            self._train_thumbnails = torch.stack([thumbnail(read_windowed(it["image"], self.cfg.intensity_percentiles))
-                                                  for it in self.train_items])
-        return nearest(torch.stack([thumbnail(x) for x in images]), self._train_thumbnails)[0].min().item()
+            train = [read_windowed(it["image"], self.cfg.intensity_percentiles) for it in self.train_items]
+            self._train_thumbnails = torch.stack([thumbnail(x) for x in train])
+            self._copy_threshold = calibrate(self._train_thumbnails, images=train[:256])["threshold"] if len(train) > 1 else 0.0
+        dist = nearest(list(images), self._train_thumbnails)[0]
+        return {"nearest_train_distance": dist.min().item(), "copy_share": (dist < self._copy_threshold).float().mean().item()}
+
+    def stop_reason(self, metrics: dict[str, float]) -> str | None:
+        if self.cfg.ldm_train.stop_on_copies and metrics.get("copy_share", 0) > 0:
+            return (f"stopping after epoch {self.epoch} (ldm_train.stop_on_copies=true): {100 * metrics['copy_share']:.0f}% "
+                    "of the validation samples copy training images; last.pt holds this state")
+        return None
 
     def samples(self, count: int | None = None) -> dict[str, torch.Tensor]:
         """``count`` (default ``num_val_images``) decoded samples per class (``"all"``: unconditional) in [0, 1]
