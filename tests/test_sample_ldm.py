@@ -132,3 +132,12 @@ def test_check_copies_flags_a_copied_training_image_and_cannot_judge_noise(ldm, 
 
 def test_check_copies_threshold_can_be_given(ldm, demo2d, tmp_path):
     assert _check(demo2d / "dente", demo2d, tmp_path / "o", "--threshold", "0.5") == 1  # the training images themselves
+
+
+def test_progress_counts_denoising_steps(ldm, tmp_path, capsys):
+    """One batch of a large image can take minutes: the bar moves with every denoising step of every batch."""
+    from medgen.inference.sample import sample_ldm_to_files
+
+    sample_ldm_to_files(ldm, 3, tmp_path / "s", class_name="dente", steps=4, batch_size=2, progress=True)
+    err = capsys.readouterr().err
+    assert "denoising 3 images" in err and "8/8" in err  # 2 batches x 4 steps

@@ -167,6 +167,7 @@ def generate_ldm(
     guidance: float | None = None,
     batch_size: int = 4,
     name: str | Path = "the checkpoint",
+    on_step=None,
 ):
     """Yield batches of images (b, C, *size) in [0, 1] on the CPU from a loaded latent diffusion model, ``count`` in all.
 
@@ -177,6 +178,7 @@ def generate_ldm(
         steps, scheduler, guidance: default the training's ``num_inference_steps``, ``ddim`` (``rflow`` for a
             rectified-flow model) and ``guidance_scale``.
         name: how errors name the model (its checkpoint path).
+        on_step: called after each denoising step of each batch (progress).
 
     The noise of all ``count`` samples is drawn at once from ``seed``; stochastic (ddpm) steps draw from a
     generator seeded per batch, so equal ``seed`` and ``batch_size`` give equal images. The arguments are
@@ -213,7 +215,7 @@ def generate_ldm(
             batch = noise[start:start + batch_size].to(device)
             yield generate_images(unet, autoencoder, tiling, stats["scale_factor"], batch, size, t.scheduler, scheduler,
                                   t.num_train_timesteps, steps, labels[start:start + batch_size] if labels else None,
-                                  guidance, torch.Generator(device=device).manual_seed(seed + start))
+                                  guidance, torch.Generator(device=device).manual_seed(seed + start), on_step=on_step)
 
     return batches()
 
@@ -247,8 +249,13 @@ def sample_ldm_to_files(
         ldm = load_ldm(checkpoint, device or default_device())
     if fmt == "png" and ldm[2].spatial_dims == 3:
         raise InvalidValueError("--format png holds 2D images only; use --format nii or dcm for volumes")
-    batches = generate_ldm(ldm, count, seed, class_name, size, steps, scheduler, guidance, batch_size, checkpoint)
-    return _write_samples(batches, paths, progress)
+    steps = steps or ldm[2].ldm_train.num_inference_steps
+    batches = generate_ldm(ldm, count, seed, class_name, size, steps, scheduler, guidance, batch_size, checkpoint,
+                           on_step=lambda: bar.update())  # arguments checked here, before any progress shows
+    # progress per denoising step: one batch of a large image can take many minutes on a CPU
+    with tqdm(total=-(-count // batch_size) * steps, desc=f"denoising {count} images", unit="step",
+              disable=not progress, dynamic_ncols=True) as bar:
+        return _write_samples(batches, paths, False)
 
 
 def sample_ldm_classes(

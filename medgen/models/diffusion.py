@@ -11,7 +11,8 @@ Training and sampling share these, so a checkpoint samples the way it was traine
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from monai.networks.nets import DiffusionModelUNet
@@ -81,6 +82,7 @@ def sample_latents(
     guidance_scale: float = 1.0,
     generator: torch.Generator | None = None,
     autocast=None,
+    on_step: Callable[[], Any] | None = None,
 ) -> torch.Tensor:
     """Run the reverse process from ``noise`` (B, C, *latent_spatial) to (scaled) latents.
 
@@ -92,6 +94,7 @@ def sample_latents(
         guidance_scale: classifier-free guidance ``uncond + s * (cond - uncond)``; 1: the conditional model alone.
         generator: draws the noise of stochastic (ddpm) steps, so that equal seeds give equal samples.
         autocast: a context-manager factory (mixed precision) or None.
+        on_step: called after each denoising step (progress).
 
     Returns:
         float32 latents on ``noise``'s device.
@@ -123,6 +126,8 @@ def sample_latents(
             x, _ = scheduler.step(out, int(t), x, int(nxt))
         else:
             x, _ = scheduler.step(out, int(t), x, generator=generator)
+        if on_step is not None:
+            on_step()
     return x
 
 
@@ -146,6 +151,7 @@ def generate_images(
     guidance_scale: float = 1.0,
     generator: torch.Generator | None = None,
     autocast=None,
+    on_step: Callable[[], Any] | None = None,
 ) -> torch.Tensor:
     """Images of ``image_shape`` (any size) in [0, 1]: sample latents, unscale, decode in tiles, crop.
 
@@ -163,7 +169,7 @@ def generate_images(
 
     f = downsample_factor(autoencoder)
     z = sample_latents(unet, noise, trained_with, sampler, num_train_timesteps, steps, labels, guidance_scale,
-                       generator, autocast)
+                       generator, autocast, on_step)
     z = z[(slice(None), slice(None), *(slice(0, -(-s // f)) for s in image_shape))]
     images = tiled_decode(autoencoder, z / scale_factor, tiling)
     return images[(slice(None), slice(None), *(slice(0, s) for s in image_shape))].clamp(0, 1).cpu()
