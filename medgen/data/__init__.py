@@ -6,6 +6,8 @@
 - ``window``: the per-image intensity window, exact percentiles from value counts.
 - ``datasets``: datasets over the caches, per-item seeded loaders whose workers persist, skipping files that
   break mid-run.
+- ``whole``: a whole image as a model takes it (training's preprocessing, padded to the downsampling) and
+  back to the image's own shape: the input of tiled inference and whole-image validation.
 - ``latents``: the latent file format (what ``medgen encode`` writes and latent diffusion caches, keyed on
   the autoencoder and the image), its loader, the mean/std of many latents, and random latent crops.
 - ``check``: reading every item before training and the report ``medgen check-data`` prints.
