@@ -209,6 +209,9 @@ class Trainer:
         self.track(counters=self.counters)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.build()
+        if cfg.compile:
+            for module in self.compiled_networks():
+                module.compile()  # in place: the same parameters and state_dict keys, so checkpoints do not change
         torch.manual_seed(cfg.seed + self.dist.rank)  # per-rank randomness from here on (noise, crops)
         if train_items is not None:
             self.set_data(train_items, val_items or [])
@@ -248,6 +251,10 @@ class Trainer:
         """Validation measures (called on every rank; a method may return {} on ranks that do not measure).
         Rank 0 logs each as ``val/<name>``; a method writes only its images."""
         raise NotImplementedError
+
+    def compiled_networks(self) -> list[torch.nn.Module]:
+        """The networks whose forward ``compile=true`` compiles (those a step runs forward and backward)."""
+        return []
 
     @staticmethod
     def data_patch_size(cfg) -> tuple[int, ...]:
