@@ -94,8 +94,12 @@ def agreed_max(value: int) -> int:
     """The largest ``value`` over all ranks, agreed through a CPU (gloo) process group.
 
     The host waits for the other ranks' hosts, never for a device: under nccl a device tensor would have to be
-    read back (``.item()``), waiting for every kernel queued so far. The group is made on first use, which every
-    rank reaches at the same point. A single process gets ``value`` back.
+    read back (``.item()``), waiting for every kernel queued so far. Agreeing every step keeps the stop at the
+    very next step boundary (an agreement started asynchronously and read a step later, or one every k steps,
+    would stop later and still need a read); measured on the 2-core development machine, a blocking gloo
+    all-reduce of one flag between two processes costs about 0.4 ms, during which a GPU keeps running the queued
+    step. The group is made on first use, which every rank reaches at the same point. A single process gets
+    ``value`` back.
     """
     global _host_group
     if not (dist.is_available() and dist.is_initialized()):
