@@ -200,3 +200,20 @@ def test_an_epoch_without_a_generator_step_is_warned_about(demo2d, tmp_path, cap
     with caplog.at_level(logging.WARNING, logger="medgen.train"):
         assert train_wgan(["wgan_config.json", *[f"--set={s}" for s in sets]]) == 0
     assert "epoch 1 made no generator step" in caplog.text and "lower n_critic" in caplog.text
+
+
+def test_a_nan_step_is_counted_and_stops_the_run_at_the_next_check(demo2d, tmp_path, monkeypatch, capsys):
+    """Skipped steps are read every log_interval steps and at the end of an epoch: a run of skipped steps that is
+    too long stops training at the first such check at or after its last step, here one step later."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _nan_kl_from(2, monkeypatch, until=2)
+    run = tmp_path / "run"
+    sets = [*TINY, f"data_base_dir={demo2d}", f"run_dir={run}", "max_nonfinite_steps=0", "log_interval=3"]
+    assert train_vae(["vae_config.json", *[f"--set={s}" for s in sets]]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("medgen: training diverged: 1 steps in a row up to step 2 (epoch 1) had a non-finite loss "
+                          "or gradient (kl=nan); stopped at step 3, the next check;"), err
+    acc = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("train/nonfinite_steps")] == [(3, 1)]

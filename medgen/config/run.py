@@ -56,6 +56,7 @@ class RunConfig:
     seed: int = 42  # global seed; rank r uses seed + r for its own randomness; the split uses seed
     num_workers: int = 4  # DataLoader worker processes per rank
     amp: bool = False  # mixed precision: bf16 autocast on CPU and recent GPUs, fp16 + loss scaling on older GPUs
+    compile: bool = False  # torch.compile the networks' forward passes (a one-off compile time; see benchmarks/README.md)
     checkpoint_interval: int = 1  # write run_dir/checkpoints/last.pt every N epochs (and at the end)
     log_interval: int = 10  # steps between scalar logs (losses are averaged over them)
     num_val_images: int = 4  # images in the TensorBoard validation grid

@@ -48,7 +48,8 @@ from medgen.errors import MedgenError
 from medgen.io.discovery import discover_items
 from medgen.io.files import write_text_atomic
 from medgen.training.checkpointer import Checkpointer, NonFiniteTraining, Record, changed_settings, resume_path
-from medgen.training.distributed import DistInfo, all_reduce_max, broadcast_object, cleanup, init_distributed, scaled_lr
+from medgen.training.distributed import DistInfo, agreed_max, broadcast_object, cleanup, init_distributed, scaled_lr
+from medgen.training.step_state import ScalarSums, SkippedSteps, any_set, ema_on_device, ema_update, guarded_step
 
 log = logging.getLogger("medgen.train")
 
@@ -194,16 +195,23 @@ class Trainer:
         self.progress_bars = sys.stderr.isatty()  # bars on a terminal; one line per log_interval in a log file
         self._loader = None
         self._stop_signal: int | None = None
-        self._step_skipped, self._nonfinite_in_a_row = False, 0
+        self._skip_flags: list[torch.Tensor] = []  # this step's optimiser skip flags (on the device)
+        self._skipped = SkippedSteps(self.dist.device)
+        self._skipped_seen = 0  # skipped steps already added to counters["nonfinite_steps"]
+        self._scalars = ScalarSums()  # this epoch's logged scalars
         self.effective_lr: dict[str, float] = {}
         self._optimizers: dict[str, torch.optim.Optimizer] = {}
         self._schedulers: list = []
         self.ema: AveragedModel | None = None
+        self._ema_decay = 0.0
         self._ema_source: torch.nn.Module | None = None
         self.counters = Record(nonfinite_steps=0)  # methods add their own counts
         self.track(counters=self.counters)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.build()
+        if cfg.compile:
+            for module in self.compiled_networks():
+                module.compile()  # in place: the same parameters and state_dict keys, so checkpoints do not change
         torch.manual_seed(cfg.seed + self.dist.rank)  # per-rank randomness from here on (noise, crops)
         if train_items is not None:
             self.set_data(train_items, val_items or [])
@@ -243,6 +251,10 @@ class Trainer:
         """Validation measures (called on every rank; a method may return {} on ranks that do not measure).
         Rank 0 logs each as ``val/<name>``; a method writes only its images."""
         raise NotImplementedError
+
+    def compiled_networks(self) -> list[torch.nn.Module]:
+        """The networks whose forward ``compile=true`` compiles (those a step runs forward and backward)."""
+        return []
 
     @staticmethod
     def data_patch_size(cfg) -> tuple[int, ...]:
@@ -328,7 +340,10 @@ class Trainer:
         ``decay`` is None. :attr:`sampling_network` is the network samples and measures come from."""
         self._ema_source = module
         if decay is not None:
+            # updated by step_state.ema_update (same values, no host reads); built as AveragedModel for its checkpoints
             self.ema = AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+            ema_on_device(self.ema, self.dist.device)
+            self._ema_decay = decay
             self.track(ema=self.ema)
 
     @property
@@ -360,33 +375,33 @@ class Trainer:
     def optimizer_step(self, loss: torch.Tensor, opt, scaler: torch.amp.GradScaler, module: torch.nn.Module,
                        grad_clip: float | None) -> bool:
         """Backward, and at the end of an accumulation group optional gradient-norm clipping, the optimiser
-        step, clearing the gradients and the EMA update; returns whether the weights were stepped.
+        step, clearing the gradients and the EMA update; returns whether the optimiser was called (False while
+        a group accumulates).
 
         The loss is divided by ``grad_accum_steps`` so a group's gradient is the mean of its steps. A non-finite
-        gradient norm skips the step (the gradients are dropped; the weights stay as they were) and the training
-        loop counts it. DDP has averaged the gradients, so every rank sees the same norm and skips the same
-        steps. Under fp16 the loss scaler skips non-finite steps itself.
+        gradient norm skips the step on the device (:func:`medgen.training.step_state.guarded_step`: weights,
+        optimiser moments, step counts and the EMA stay as they were; the gradients are dropped) and the training
+        loop counts it at its next check (see :meth:`train_epoch`). DDP has averaged the gradients, so every rank
+        sees the same norm and skips the same steps. Under fp16 the loss scaler skips non-finite steps itself
+        (its scale calibration: not counted). No host read of a device tensor happens here.
         """
         k = self.grad_accum_steps
         scaler.scale(loss / k if k > 1 else loss).backward()
         if not self.stepping:
             return False
+        skipped = None
         if scaler.is_enabled():
             if grad_clip is not None:
                 scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
-            scaler.step(opt)
+            scaler.step(opt)  # a fused optimiser takes the scaler's found_inf on the device: no host read
             scaler.update()
         else:
-            norm = torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip if grad_clip is not None else math.inf)
-            if not torch.isfinite(norm):  # one device sync per step: the decision must precede the update
-                opt.zero_grad(set_to_none=True)
-                self._step_skipped = True
-                return False
-            opt.step()
+            skipped = guarded_step(opt, module.parameters(), grad_clip)
+            self._skip_flags.append(skipped)
         opt.zero_grad(set_to_none=True)
         if self.ema is not None and module is self._ema_source:
-            self.ema.update_parameters(module)
+            ema_update(self.ema, module, self._ema_decay, skipped)
         return True
 
     # ------------------------------------------------------------------ epochs
@@ -402,29 +417,26 @@ class Trainer:
                                              self.dist.world_size, start=self.step_in_epoch)
         self._loader.sampler.set_epoch(self.epoch, start=self.step_in_epoch)
         steps = self.steps_in_epoch = self.step_in_epoch + len(self._loader)
-        sums: dict[str, torch.Tensor] = {}
-        counts: dict[str, int] = {}
+        self._scalars = ScalarSums()
         n_images, done, t0 = 0, 0, time.perf_counter()
         desc = f"epoch {self.epoch + 1}/{max_epochs}"
         bar = tqdm(self._loader, desc=desc, initial=self.step_in_epoch, total=steps, leave=False, dynamic_ncols=True,
                    disable=not (self.dist.is_main and self.progress_bars))
         for batch in bar:
             images = batch["image"].to(self.dist.device, non_blocking=True)
-            losses = self.train_step(images, *self.batch_extras(batch))
-            if self._step_skipped:
-                self._count_nonfinite(losses)
-                losses = {k: v for k, v in losses.items() if torch.isfinite(v)}  # keep the epoch means finite
-            else:
-                self._nonfinite_in_a_row = 0
-            for k, v in losses.items():
-                sums[k] = sums[k] + v.float() if k in sums else v.detach().float().clone()
-                counts[k] = counts.get(k, 0) + 1
+            self._skip_flags = []
+            self._scalars.add(self.train_step(images, *self.batch_extras(batch)))
+            skipped = any_set(self._skip_flags)
+            if skipped is not None:  # the steps that called an optimiser count (not those that only accumulate)
+                self._skipped.update(skipped, self.global_step + 1)
             n_images += images.shape[0] * self.dist.world_size
             done += 1
             self.global_step += 1
             self.step_in_epoch += 1
+            if self.global_step % self.cfg.log_interval == 0:
+                self._check_nonfinite()  # every rank: they skip the same steps, so they stop together
             if self.global_step % self.cfg.log_interval == 0 and self.dist.is_main:
-                means = self._means(sums, counts)  # one device sync per log interval, not per step
+                means = self._scalars.means()  # host reads once per log interval, none in between
                 elapsed = time.perf_counter() - t0
                 rate = n_images / elapsed
                 first = next(iter(means), None)
@@ -438,35 +450,44 @@ class Trainer:
             if self.step_in_epoch < steps:
                 self._stop_if_requested()
         bar.close()
+        self._check_nonfinite()
         self.step_in_epoch = 0
         self._step_schedulers()
-        means = self._means(sums, counts)
-        if self.dist.is_main and counts:
+        means = self._scalars.means()
+        if self.dist.is_main and means:
             rate = n_images / (time.perf_counter() - t0)
             self._log_scalars(means, rate, prefix="epoch/")
             log.info("epoch %d/%d: %s, %.1f images/s", self.epoch + 1, max_epochs, self.describe_metrics(means), rate)
         self.on_epoch_end(means)
         return means
 
-    def _count_nonfinite(self, losses: dict[str, torch.Tensor]) -> None:
-        """A step skipped for a non-finite gradient: count it, log it, stop after too many in a row."""
-        self._step_skipped = False
-        self._nonfinite_in_a_row += 1
-        self.counters["nonfinite_steps"] += 1
-        step = self.global_step + 1
-        terms = ", ".join(f"{k}={v.item():g}" for k, v in losses.items() if not torch.isfinite(v)) or "a gradient"
+    def _check_nonfinite(self, stop: bool = True) -> None:
+        """Read the skipped-step counts (one host read; :meth:`train_epoch` calls it every ``log_interval`` steps
+        and at the end of each epoch): add the steps skipped since the last check to the ``nonfinite_steps``
+        counter, warn about them, and with ``stop`` raise :class:`NonFiniteTraining` when a run of more than
+        ``max_nonfinite_steps`` skipped steps in a row happened since the last check. So a run stops at the first
+        check at or after the step that made it too long: that step itself with ``log_interval=1``, at most
+        ``log_interval - 1`` steps later otherwise, and at the latest at the end of its epoch."""
+        run, total, longest, longest_at = self._skipped.read()
+        new, self._skipped_seen = total - self._skipped_seen, total
+        if not new:
+            return
+        self.counters["nonfinite_steps"] += new
+        bad = self._scalars.nonfinite()
+        terms = ", ".join(f"{k}={v:g}" for k, v in bad.items()) or "a gradient"
         limit = self.cfg.max_nonfinite_steps
         if self.dist.is_main:
             if self.writer is not None:
-                self.writer.add_scalar("train/nonfinite_steps", self.counters["nonfinite_steps"], step)
-            log.warning("step %d: non-finite %s; the step was skipped (%d in a row, max_nonfinite_steps=%d)",
-                        step, terms, self._nonfinite_in_a_row, limit)
-        if self._nonfinite_in_a_row > limit:
+                self.writer.add_scalar("train/nonfinite_steps", self.counters["nonfinite_steps"], self.global_step)
+            log.warning("step %d: non-finite %s; %d step(s) skipped since the last check (%d in a row now, "
+                        "max_nonfinite_steps=%d)", self.global_step, terms, new, run, limit)
+        if stop and longest > limit:
             section = self.cfg.section
+            later = f"; stopped at step {self.global_step}, the next check" if longest_at != self.global_step else ""
             raise NonFiniteTraining(
-                f"training diverged: {self._nonfinite_in_a_row} steps in a row up to step {step} (epoch {self.epoch + 1}) "
-                f"had a non-finite loss or gradient ({terms}); the checkpoints keep the last finite weights; lower "
-                f"{section}.lr, set {section}.grad_clip, or resume from best.pt"
+                f"training diverged: {longest} steps in a row up to step {longest_at} (epoch {self.epoch + 1}) "
+                f"had a non-finite loss or gradient ({terms}){later}; the checkpoints keep the last finite weights; "
+                f"lower {section}.lr, set {section}.grad_clip, or resume from best.pt"
             )
 
     # ------------------------------------------------------------------ stopping on a signal
@@ -478,15 +499,15 @@ class Trainer:
 
     def _stop_requested(self) -> int:
         """The signal any rank received (0: none), agreed by all ranks so they stop at the same step."""
-        if not self.dist.distributed:  # nothing to agree on: no tensor, no device sync
+        if not self.dist.distributed:  # nothing to agree on
             return self._stop_signal or 0
-        flag = torch.tensor([self._stop_signal or 0], device=self.dist.device)
-        return int(all_reduce_max(flag).item())
+        return agreed_max(self._stop_signal or 0)
 
     def _stop_if_requested(self, already_saved: bool = False) -> None:
         signum = self._stop_requested()
         if signum:
             if not already_saved:
+                self._check_nonfinite(stop=False)  # the counter in last.pt includes this epoch's skipped steps
                 self.save("last.pt")
             raise TrainingInterrupted(self.epoch, self.step_in_epoch, signum, self.ckpt_dir / "last.pt")
 
@@ -502,13 +523,6 @@ class Trainer:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-
-    @staticmethod
-    def _means(sums: dict[str, torch.Tensor], counts: dict[str, int]) -> dict[str, float]:
-        if not sums:
-            return {}
-        values = torch.stack([sums[k] for k in sums]).tolist()
-        return {k: v / counts[k] for k, v in zip(sums, values)}
 
     def _step_schedulers(self) -> None:
         # A network may not have stepped yet (adversarial warm-up, n_critic above the steps so far); its

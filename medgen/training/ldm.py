@@ -123,6 +123,9 @@ class LDMTrainer(Trainer):
         self.unet_ddp = wrap_ddp(self.unet, self.dist)
         self._train_thumbnails: torch.Tensor | None = None
 
+    def compiled_networks(self) -> list[torch.nn.Module]:
+        return [self.unet]
+
     # ------------------------------------------------------------------ latents
     def set_data(self, train_items: Sequence[dict], val_items: Sequence[dict]) -> None:
         """Encode (or find in the cache) every image's latent, compute the scale factor, build the crops."""
@@ -201,6 +204,8 @@ class LDMTrainer(Trainer):
         t = self.cfg.ldm_train
         if t.scheduler == "rflow" and generator is None:
             return self.noise_scheduler.sample_timesteps(x)
+        if generator is None:  # drawn where they are used: a copy to the GPU would wait for its queue
+            return torch.randint(0, t.num_train_timesteps, (x.shape[0],), device=x.device)
         return torch.randint(0, t.num_train_timesteps, (x.shape[0],), generator=generator).to(x.device)
 
     def train_step(self, latents: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

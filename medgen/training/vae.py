@@ -70,6 +70,9 @@ class VAETrainer(Trainer):
         self.ae_ddp = wrap_ddp(self.autoencoder, self.dist)
         self.disc_ddp = wrap_ddp(self.discriminator, self.dist)
 
+    def compiled_networks(self) -> list[nn.Module]:
+        return [self.autoencoder, self.discriminator]
+
     def on_data(self) -> None:
         self.val_shard = shard(self.val_items, self.dist.rank, self.dist.world_size)
         self.val_ds = build_dataset(self.cfg, self.val_shard, self.patch_size, train=False, rank=self.dist.rank)

@@ -96,6 +96,10 @@ class WGANTrainer(Trainer):
         self._real_stats: dict[str, torch.Tensor] = {}
         self._features: FeatureExtractor | None = None
 
+    def compiled_networks(self) -> list[torch.nn.Module]:
+        # compiled graphs have no double backward, which the gradient penalty takes through the critic
+        return [self.generator] + ([self.critic] if self.method == "gan" else [])
+
     def critic_terms(self) -> dict[str, str]:
         return CRITIC_TERMS[self.method]
 

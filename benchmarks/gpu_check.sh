@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# The GPU check: on a GPU machine, in under 8 minutes, it runs
+#   1. the training-step benchmarks (VAE-GAN and latent diffusion: fp32, bf16, compile against the tutorial loops),
+#   2. a 1-GPU torchrun DDP training run with nccl on demo data,
+#   3. the host-sync test with torch.cuda.set_sync_debug_mode("error") around every step,
+#   4. tiled reconstruct of a 2943x1435 image with its peak GPU memory,
+# and writes one JSON per part under benchmarks/results/ (*_cuda.json) plus gpu_check_cuda.json (what passed).
+#
+#   benchmarks/gpu_check.sh            # on a GPU machine, from anywhere
+#   benchmarks/gpu_check.sh --dry-run  # (also without a GPU) everything end to end on the CPU at tiny sizes, the
+#                                      # GPU-only settings (nccl, sync debug mode, CUDA memory) left out; results go
+#                                      # to $OUT_DIR (default: a new temporary folder), never over the recorded ones
+# PYTHON names the interpreter (default: python).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+DRY=0
+[[ "${1:-}" == "--dry-run" ]] && DRY=1
+if [[ $DRY == 0 ]] && ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    echo "gpu_check: no GPU here; running the dry mode" >&2
+    DRY=1
+fi
+if [[ $DRY == 1 ]]; then
+    DEV=cpu; TAG=dry; OUT=${OUT_DIR:-$(mktemp -d)}
+    VAE_ARGS=(--size 32 --batch 2 --channels [8,8,8] --steps 1 --rounds 1 --diff-steps 2 --modes fp32,bf16)
+    LDM_ARGS=(--latent-size 8 --batch 2 --channels [8,8,8] --steps 1 --rounds 1 --diff-steps 2 --modes fp32,bf16)
+    DDP_SETS=(--set backend=gloo --set autoencoder_train.patch_size=[32,32] --set autoencoder_def.channels=[8,16]
+              --set autoencoder_def.norm_num_groups=4 --set autoencoder_def.attention_levels=[false,true]
+              --set discriminator_def.channels=8 --set autoencoder_train.perceptual_weight=0)
+    SYNC_K="vae and not clip"; TILED_SHAPE=64x96; PART_TIMEOUT=300; DEMO_COUNT=4; EPOCHS=1
+else
+    DEV=cuda; TAG=cuda; OUT=${OUT_DIR:-benchmarks/results}
+    VAE_ARGS=(--size 128 --batch 8 --channels [64,128,128] --steps 10 --rounds 3 --diff-steps 5 --modes fp32,bf16,compile)
+    LDM_ARGS=(--latent-size 64 --batch 8 --channels [128,256,256] --steps 10 --rounds 3 --diff-steps 5 --modes fp32,bf16,compile)
+    DDP_SETS=(--set backend=nccl --set autoencoder_train.patch_size=[128,128] --set autoencoder_train.perceptual_weight=0)
+    SYNC_K=""; TILED_SHAPE=1435x2943; PART_TIMEOUT=150; DEMO_COUNT=16; EPOCHS=2
+fi
+mkdir -p "$OUT"
+WORK=$(mktemp -d)
+declare -A STATUS
+
+part() {  # part NAME COMMAND...: run it under the time limit, record ok / failed (exit code)
+    local name=$1; shift
+    local start=$SECONDS
+    echo "== $name: $*" >&2
+    timeout "$PART_TIMEOUT" "$@"
+    local rc=$?
+    STATUS[$name]="{\"exit_code\": $rc, \"seconds\": $((SECONDS - start))}"
+    echo "== $name: exit $rc in $((SECONDS - start)) s" >&2
+}
+
+part vae_step "$PY" benchmarks/bench_train_step.py --device "$DEV" "${VAE_ARGS[@]}" --json "$OUT/train_step_$TAG.json"
+part ldm_step "$PY" benchmarks/bench_ldm_step.py --device "$DEV" "${LDM_ARGS[@]}" --json "$OUT/ldm_step_$TAG.json"
+
+"$PY" -c "import sys; from medgen.cli import main; sys.exit(main(sys.argv[1:]))" demo-data "$WORK/demo" --spatial-dims 2 \
+    --count "$DEMO_COUNT" --size 160 --seed 0 >/dev/null
+part ddp_1gpu "$PY" -m torch.distributed.run --standalone --nproc_per_node=1 scripts/train_vae.py vae_config.json \
+    --set data_base_dir="$WORK/demo" --set run_dir="$WORK/ddp" --set num_workers=2 --set scan_workers=0 \
+    --set autoencoder_train.max_epochs="$EPOCHS" --set autoencoder_train.batch_size=2 --set log_interval=2 "${DDP_SETS[@]}"
+
+if [[ $DRY == 1 ]]; then
+    part host_syncs "$PY" -m pytest -q -p no:cacheprovider tests/test_host_syncs.py -k "$SYNC_K"
+else
+    part host_syncs env MEDGEN_SYNC_DEVICE=cuda "$PY" -m pytest -q -p no:cacheprovider tests/test_host_syncs.py
+fi
+
+part tiled_reconstruct "$PY" benchmarks/bench_tiled.py --device "$DEV" --only 2d --shapes "$TILED_SHAPE" \
+    --whole-timeout 60 --timeout 120 --json "$OUT/tiled_check_$TAG.json"
+
+{
+    echo "{\"device\": \"$DEV\", \"dry_run\": $([[ $DRY == 1 ]] && echo true || echo false), \"seconds\": $SECONDS, \"parts\": {"
+    first=1
+    for name in vae_step ldm_step ddp_1gpu host_syncs tiled_reconstruct; do
+        [[ $first == 1 ]] || echo ","
+        first=0
+        echo -n "  \"$name\": ${STATUS[$name]}"
+    done
+    echo ""
+    echo "}}"
+} > "$OUT/gpu_check_$TAG.json"
+rm -rf "$WORK"
+echo "gpu_check: results in $OUT (gpu_check_$TAG.json: exit code and seconds per part)" >&2
+for name in "${!STATUS[@]}"; do
+    [[ ${STATUS[$name]} == '{"exit_code": 0,'* ]] || { echo "gpu_check: $name failed" >&2; exit 1; }
+done
