@@ -73,8 +73,9 @@ CONTENDERS = {
     "seed_high_quality": ("vae_config.json", SEED_HQ, "guide's High Quality scenario"),
     "recipe": (RECIPE, [], "medgen's recipe (configs/radiograph_2d.json)"),
     # ablations: the recipe with one choice undone
-    "recipe_constant_lr": (RECIPE, ["autoencoder_train.lr_scheduler=constant", "autoencoder_train.lr=1e-4"],
-                           "recipe without warm-up + cosine (constant lr 1e-4)"),
+    "recipe_constant_lr": (RECIPE, ["autoencoder_train.lr_scheduler=constant"], "recipe without warm-up + cosine (constant lr)"),
+    "recipe_wide": (RECIPE, ["autoencoder_def.channels=[32,64,64]", "autoencoder_def.norm_num_groups=32"],
+                    "recipe with twice the channels, [32, 64, 64]"),
     "recipe_adv_early": (RECIPE, ["autoencoder_train.adv_warmup_epochs=1", "autoencoder_train.adv_weight=0.01"],
                          "recipe with the adversarial term from epoch 2 at weight 0.01"),
     "recipe_attention": (RECIPE, ["autoencoder_def.with_encoder_nonlocal_attn=true", "autoencoder_def.with_decoder_nonlocal_attn=true"],
@@ -82,8 +83,10 @@ CONTENDERS = {
     "recipe_patch256": (RECIPE, ["autoencoder_train.patch_size=[256,256]", "autoencoder_train.batch_size=2"],
                         "recipe on 256x256 patches, batch 2 (same pixels per step)"),
 }
-# Every contender: same data, perceptual term off (weights not shipped), whole-image evaluation done here.
+# Every contender: same data, perceptual term off (weights not shipped), whole-image evaluation done here (the
+# trainer's own validation runs once, after the budget).
 COMMON = ["autoencoder_train.perceptual_weight=0", "val_full_images=false", "autoencoder_train.max_epochs=100000",
+          "autoencoder_train.val_interval=100000",
           "data_source=both", "num_workers=0", "scan_workers=0"]
 # --quick: every contender at a tiny size (two levels of 8 and 16 channels, 32x32 patches)
 TINY = ["autoencoder_def.channels=[8,16]", "autoencoder_def.norm_num_groups=4", "autoencoder_def.num_res_blocks=1",
@@ -166,6 +169,7 @@ def run(args) -> dict:
     data = Path(args.data)
     shares = [k / args.points for k in range(1, args.points)]  # the last point is the end of the budget
     results = dict(budget_minutes=args.minutes, data=str(data), quick=args.quick, curve_images=args.curve_images,
+                   final_images=args.final_images,
                    machine=dict(platform=platform.platform(), cpus=os.cpu_count(), torch_threads=torch.get_num_threads(),
                                 torch=torch.__version__, device="cpu"),
                    common_overrides=COMMON, contenders={})
@@ -183,7 +187,7 @@ def run(args) -> dict:
         for snap in snaps:
             model.load_state_dict(snap["weights"])
             is_final = snap is snaps[-1]
-            measured = evaluate(model, cfg, val_items if is_final else val_items[: args.curve_images])
+            measured = evaluate(model, cfg, val_items[: args.final_images] if is_final else val_items[: args.curve_images])
             if is_final:
                 final = measured
                 head = measured["per_image"][: args.curve_images]
@@ -262,6 +266,7 @@ def main(argv=None) -> dict:
     p.add_argument("--contenders", default=None, help=f"comma-separated, from {', '.join(CONTENDERS)} (default: all)")
     p.add_argument("--points", type=int, default=6, help="evaluations per contender, evenly over the budget")
     p.add_argument("--curve-images", type=int, default=12, help="held-out images of the curve points (the final: all)")
+    p.add_argument("--final-images", type=int, default=None, help="held-out images of the final evaluation (default: all)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "quality_2d_cpu"), help="output path without suffix")
     p.add_argument("--work", default=None, help="run directories (default: a temporary folder)")
     p.add_argument("--quick", action="store_true", help="tiny models on demo data for seconds: checks the pipeline")
