@@ -140,10 +140,11 @@ def train_contender(name: str, config: str, overrides: list[str], budget_s: floa
     t0 = time.monotonic()
     trainer.fit()
     wall = time.monotonic() - t0
-    snaps = trainer.snapshots + [dict(seconds=trainer.elapsed_time, step=trainer.global_step,
+    # the end: the clock at the step boundary where the budget was found spent (before the final validation)
+    snaps = trainer.snapshots + [dict(seconds=trainer.agreed_time, step=trainer.global_step,
                                       weights=trainer.autoencoder.state_dict())]
     info = dict(steps=trainer.global_step, epochs=trainer.epoch + trainer.step_in_epoch / max(1, trainer.steps_in_epoch),
-                train_seconds=trainer.elapsed_time, fit_wall_seconds=wall, load_average_start=start_load,
+                train_seconds=trainer.agreed_time, with_final_validation_seconds=trainer.elapsed_time, fit_wall_seconds=wall, load_average_start=start_load,
                 load_average_end=load_average(), images_seen=trainer.global_step * cfg.autoencoder_train.batch_size,
                 parameters=sum(p.numel() for p in trainer.autoencoder.parameters()))
     return cfg, info, snaps
