@@ -17,6 +17,18 @@ from medgen.config.core import ConfigError, from_dict
 CLASSES = ("edente", "dente")
 
 
+def duration_seconds(text: str, key: str) -> float:
+    """A positive duration written ``"HH:MM:SS"`` or ``"DD:HH:MM:SS"`` (as Lightning's ``max_time``), in seconds."""
+    parts = str(text).split(":")
+    if len(parts) in (3, 4) and all(p.isdigit() for p in parts):
+        *days, hours, minutes, seconds = (int(p) for p in parts)
+        total = (days[0] if days else 0) * 86400 + hours * 3600 + minutes * 60 + seconds
+        if total > 0:
+            return float(total)
+    raise ConfigError(f'{key}={text!r} must be a positive duration "HH:MM:SS" or "DD:HH:MM:SS", e.g. "08:00:00", '
+                      "or null for no limit")
+
+
 @dataclass
 class RunConfig:
     #: the method's training section (``autoencoder_train``, ...); a subclass naming one is a config kind
@@ -62,6 +74,9 @@ class RunConfig:
     num_val_images: int = 4  # images in the TensorBoard validation grid
     max_nonfinite_steps: int = 20  # steps in a row with a non-finite loss or gradient that are skipped before the run stops
     backend: Literal["auto", "nccl", "gloo"] = "auto"  # torch.distributed backend (auto: nccl on GPU, gloo on CPU)
+    # wall-clock training budget "[DD:]HH:MM:SS" (null: none): the run stops at the step where it is spent, writes
+    # last.pt after a final validation; a resumed run goes on with what is left of it
+    max_time: str | None = None
 
     def validate(self) -> None:
         if not 0.0 < self.train_split < 1.0:
@@ -75,6 +90,13 @@ class RunConfig:
         for name in ("checkpoint_interval", "log_interval", "num_val_images"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be at least 1")
+        if self.max_time is not None:
+            duration_seconds(self.max_time, "max_time")
+
+    @property
+    def max_time_seconds(self) -> float | None:
+        """``max_time`` in seconds (None: no budget)."""
+        return None if self.max_time is None else duration_seconds(self.max_time, "max_time")
 
     @property
     def classes(self) -> tuple[str, ...]:

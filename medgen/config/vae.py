@@ -75,7 +75,10 @@ class AutoencoderTrain:
     disc_lr: float | None = None  # discriminator LR before world-size scaling (null: same as lr)
     betas: tuple[float, ...] = (0.5, 0.9)  # Adam betas for both networks
     weight_decay: float = 0.0
-    lr_scheduler: Literal["constant", "cosine"] = "constant"  # cosine decays to 0 over max_epochs
+    # cosine: per epoch to 0 over max_epochs; warmup_cosine: per step, a linear rise over lr_warmup_steps then a
+    # cosine to 0 at the run's end (max_epochs or max_time, whichever comes first)
+    lr_scheduler: Literal["constant", "cosine", "warmup_cosine"] = "constant"
+    lr_warmup_steps: int = 0  # warmup_cosine: steps of the linear rise
     grad_clip: float | None = None  # max gradient norm for both networks (null: off)
     perceptual_network: str = "radimagenet_resnet50"  # MONAI PerceptualLoss network_type (`medgen weights list`)
     perceptual_weights: str | None = None  # resnet50 only: a weights file instead of the weights directory's
@@ -83,6 +86,8 @@ class AutoencoderTrain:
     fake_3d_ratio: float = 0.5  # fraction of slices used by the 2.5D perceptual loss on volumes
 
     def validate(self, spatial_dims: int, ae: AutoencoderDef, prefix: str = "autoencoder_train.") -> None:
+        if self.lr_warmup_steps < 0:
+            raise ConfigError(f"{prefix}lr_warmup_steps={self.lr_warmup_steps} must be 0 or more")
         for name in ("batch_size", "max_epochs", "val_interval"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{prefix}{name}={getattr(self, name)} must be at least 1")

@@ -38,7 +38,7 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -58,6 +58,8 @@ from medgen.models.autoencoder import load_model
 from medgen.models.tiled import Tiling, downsample_factor, output_borders, tiled_decode, tiled_encode, tiling_for
 
 __all__ = [
+    "Reconstruction",
+    "reconstruct_item",
     "reconstruct_items",
     "encode_items",
     "decode_items",
@@ -112,6 +114,31 @@ def _write(y: torch.Tensor, item: InputItem, output_dir: Path, fmt: str, spacing
     return write_image(array, out, spacing=spacing, reference=reference, value_range=(0.0, 1.0))
 
 
+class Reconstruction(NamedTuple):
+    """One whole image through the tiled path, both in the input's shape and the model's [0, 1] intensities."""
+
+    input: torch.Tensor  # (C, *image_shape), the preprocessed input
+    output: torch.Tensor  # (C, *image_shape), decode(z_mu), clamped to [0, 1]
+    seam_ratio: float  # of the stitched output at its tile borders (nan: a single tile)
+    model_shape: tuple[int, ...]  # the shape the model saw (padded or resized)
+    spacing: Sequence[float]
+
+
+def reconstruct_item(model: AutoencoderKL, cfg: VAEConfig, item: Any, tiling: Tiling, transforms: Sequence | None = None) -> Reconstruction:
+    """``decode(z_mu)`` of one whole ``item`` (a path or :class:`InputItem`) in tiles, as ``medgen reconstruct``
+    writes it; ``transforms``: the deterministic chain (built from ``cfg`` when None). The tensors returned are
+    on the CPU."""
+    chain = transforms if transforms is not None else deterministic_transforms(cfg, cfg.autoencoder_train.patch_size)
+    x, image_shape, spacing = model_input(cfg, item, chain)
+    name = getattr(item, "name", str(item))
+    with _tiles_fit(f"reconstructing {name}", x.shape[2:], tiling):
+        z_mu, _ = tiled_encode(model, x, tiling)
+        y = tiled_decode(model, z_mu, tiling)[0]
+    seams = seam_ratio(y, output_borders(x.shape[2:], tiling, cfg.autoencoder_def.downsample_factor))
+    back = [to_image_shape(t.cpu(), image_shape, cfg.patch_mode) for t in (x[0], y.float())]
+    return Reconstruction(back[0], back[1].clamp(0.0, 1.0), seams, tuple(x.shape[2:]), spacing)
+
+
 def reconstruct_items(
     model: AutoencoderKL,
     cfg: VAEConfig,
@@ -141,21 +168,14 @@ def reconstruct_items(
     output_dir = Path(output_dir)
     tiling = tiling or tiling_for(cfg)
     chain = deterministic_transforms(cfg, cfg.autoencoder_train.patch_size)
-    factor = cfg.autoencoder_def.downsample_factor
     model.eval()
     written, seams = [], {}
     for item in tqdm(items, desc="reconstruct", unit="image", disable=not progress, dynamic_ncols=True):
-        x, image_shape, spacing = model_input(cfg, item, chain)
-        with _tiles_fit(f"reconstructing {item.name}", x.shape[2:], tiling):
-            z_mu, _ = tiled_encode(model, x, tiling)
-            y = tiled_decode(model, z_mu, tiling)[0]
+        rec = reconstruct_item(model, cfg, item, tiling, chain)
         if report:
-            seams[item.name] = {
-                "seam_ratio": seam_ratio(y, output_borders(x.shape[2:], tiling, factor)),
-                "image_shape": list(image_shape), "model_shape": list(x.shape[2:]),
-            }
-        y = to_image_shape(y.cpu(), image_shape, cfg.patch_mode).clamp(0.0, 1.0)
-        written.append(_write(y, item, output_dir, fmt, spacing))
+            seams[item.name] = {"seam_ratio": rec.seam_ratio, "image_shape": list(rec.output.shape[1:]),
+                                "model_shape": list(rec.model_shape)}
+        written.append(_write(rec.output, item, output_dir, fmt, rec.spacing))
     if report:
         ratios = [v["seam_ratio"] for v in seams.values() if math.isfinite(v["seam_ratio"])]
         summary = {

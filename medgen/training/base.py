@@ -35,6 +35,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
+from time import monotonic
 from typing import Any, ClassVar, Sequence
 
 import torch
@@ -90,12 +91,20 @@ def adam(params, lr: float, betas: Sequence[float], weight_decay: float = 0.0) -
 
 def lr_scheduler(opt: torch.optim.Optimizer, kind: str, max_epochs: int, T_0: int = 10, T_mult: int = 1):
     """The per-epoch schedule ``kind``: ``constant``, ``cosine`` (to 0 over ``max_epochs``) or
-    ``cosine_warm_restarts`` (cycles of ``T_0`` epochs, each ``T_mult`` times longer)."""
+    ``cosine_warm_restarts`` (cycles of ``T_0`` epochs, each ``T_mult`` times longer). ``warmup_cosine`` is set
+    per step by the trainer (:func:`warmup_cosine`); its per-epoch schedule is constant."""
     if kind == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max_epochs)
     if kind == "cosine_warm_restarts":
         return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=T_0, T_mult=T_mult)
     return torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
+
+
+def warmup_cosine(step: int, warmup_steps: int, progress: float) -> float:
+    """The learning-rate factor of ``warmup_cosine``: a linear rise over the first ``warmup_steps`` steps, then a
+    cosine decay to 0 as the run's ``progress`` (0 at the start, 1 at its end) goes on."""
+    rise = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+    return rise * 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, progress))))
 
 
 class AccumulatedGrads:
@@ -137,6 +146,11 @@ def position(epoch: int, step: int) -> str:
     return f"epoch {epoch + 1} step {step}" if step else f"after epoch {epoch}"
 
 
+def at_position(epoch: int, step: int) -> str:
+    """:func:`position` after ``at`` when inside an epoch: ``at epoch 2 step 3`` or ``after epoch 2``."""
+    return f"at {position(epoch, step)}" if step else position(epoch, step)
+
+
 def _duration(seconds: float) -> str:
     seconds = int(max(0.0, seconds))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
@@ -149,8 +163,7 @@ class TrainingInterrupted(MedgenError):
 
     def __init__(self, epoch: int, step: int, signum: int, checkpoint: Path):
         self.exit_code = 128 + signum  # 143 for SIGTERM, 130 for SIGINT, as shells report signals
-        where = f"at {position(epoch, step)}" if step else position(epoch, step)
-        super().__init__(f"interrupted ({signal.Signals(signum).name}) {where}; {checkpoint} holds everything up to "
+        super().__init__(f"interrupted ({signal.Signals(signum).name}) {at_position(epoch, step)}; {checkpoint} holds everything up to "
                          "there; resume with resume_ckpt=true")
 
 
@@ -199,6 +212,10 @@ class Trainer:
         self._skipped = SkippedSteps(self.dist.device)
         self._skipped_seen = 0  # skipped steps already added to counters["nonfinite_steps"]
         self._scalars = ScalarSums()  # this epoch's logged scalars
+        # seconds trained by earlier processes of this run (from the checkpoint), and when this one started
+        self.train_time, self._fit_start = 0.0, None
+        self.agreed_time = 0.0  # elapsed_time as every rank agreed at the last step boundary
+        self.out_of_time = False  # max_time was reached (at a step boundary every rank agrees on)
         self.effective_lr: dict[str, float] = {}
         self._optimizers: dict[str, torch.optim.Optimizer] = {}
         self._schedulers: list = []
@@ -424,6 +441,7 @@ class Trainer:
                    disable=not (self.dist.is_main and self.progress_bars))
         for batch in bar:
             images = batch["image"].to(self.dist.device, non_blocking=True)
+            self._schedule_lr()
             self._skip_flags = []
             self._scalars.add(self.train_step(images, *self.batch_extras(batch)))
             skipped = any_set(self._skip_flags)
@@ -447,10 +465,13 @@ class Trainer:
                     log.info("%s step %d/%d: %s, %.1f images/s, epoch ETA %s", desc, self.step_in_epoch, steps,
                              self.describe_metrics(means), rate, _duration(eta))
                 self._log_scalars(means, rate)
-            if self.step_in_epoch < steps:
-                self._stop_if_requested()
+            if self.step_in_epoch < steps and self._stop_if_requested():
+                self.out_of_time = True
+                break
         bar.close()
         self._check_nonfinite()
+        if self.out_of_time:  # the epoch goes on when the run is resumed: its schedules stay where they are
+            return self._scalars.means()
         self.step_in_epoch = 0
         self._step_schedulers()
         means = self._scalars.means()
@@ -497,19 +518,48 @@ class Trainer:
                         signal.Signals(signum).name)
         self._stop_signal = signum
 
-    def _stop_requested(self) -> int:
-        """The signal any rank received (0: none), agreed by all ranks so they stop at the same step."""
-        if not self.dist.distributed:  # nothing to agree on
-            return self._stop_signal or 0
-        return agreed_max(self._stop_signal or 0)
+    @property
+    def elapsed_time(self) -> float:
+        """Seconds this run has trained (validation and checkpoints included), over all its processes so far."""
+        return self.train_time + (monotonic() - self._fit_start if self._fit_start is not None else 0.0)
 
-    def _stop_if_requested(self, already_saved: bool = False) -> None:
-        signum = self._stop_requested()
+    def _stop_requested(self) -> tuple[int, bool]:
+        """The signal any rank received (0: none) and whether ``max_time`` is spent, agreed by all ranks in one
+        all-reduce so they stop at the same step. Rank 0's clock is the run's: its elapsed time is what every
+        rank keeps in :attr:`agreed_time` (the time the learning-rate schedule reads)."""
+        elapsed = self.elapsed_time if self.dist.is_main else 0.0
+        signum = self._stop_signal or 0
+        if self.dist.distributed:  # on the host (a CPU group): the device queue is never waited for
+            signum, elapsed = agreed_max(signum, elapsed)
+        self.agreed_time = elapsed
+        budget = self.cfg.max_time_seconds
+        return int(signum), budget is not None and elapsed >= budget
+
+    def _stop_if_requested(self, already_saved: bool = False) -> bool:
+        """Raise :class:`TrainingInterrupted` (after writing ``last.pt``) when a stop signal arrived; returns
+        whether ``max_time`` is spent."""
+        signum, time_up = self._stop_requested()
         if signum:
             if not already_saved:
                 self._check_nonfinite(stop=False)  # the counter in last.pt includes this epoch's skipped steps
                 self.save("last.pt")
             raise TrainingInterrupted(self.epoch, self.step_in_epoch, signum, self.ckpt_dir / "last.pt")
+        return time_up
+
+    def _schedule_lr(self) -> None:
+        """``warmup_cosine``: every optimiser's rate for this step, from the steps done and the run's progress
+        (the larger of the share of ``max_epochs`` and the share of ``max_time`` done)."""
+        t = self.train_cfg
+        if getattr(t, "lr_scheduler", None) != "warmup_cosine":
+            return
+        progress = self.global_step / max(1, t.max_epochs * self.steps_in_epoch)
+        budget = self.cfg.max_time_seconds
+        if budget is not None:
+            progress = max(progress, self.agreed_time / budget)
+        factor = warmup_cosine(self.global_step, getattr(t, "lr_warmup_steps", 0), progress)
+        for name, opt in self._optimizers.items():
+            for group in opt.param_groups:
+                group["lr"] = self.effective_lr[name] * factor
 
     @contextlib.contextmanager
     def _signals_stop_training(self):
@@ -545,7 +595,7 @@ class Trainer:
         """:meth:`validate`, its measures logged (``val/<name>`` in TensorBoard, one line) and ``best.pt`` kept."""
         metrics = self.validate()
         if metrics and self.dist.is_main:
-            log.info("validation after epoch %d: %s", self.epoch, self.describe_metrics(metrics))
+            log.info("validation %s: %s", at_position(self.epoch, self.step_in_epoch), self.describe_metrics(metrics))
             if self.writer is not None:
                 for name, value in metrics.items():
                     self.writer.add_scalar(f"val/{name}", value, self.global_step)
@@ -568,6 +618,12 @@ class Trainer:
                     log.info("%s already holds a run finished at epoch %d (%s.max_epochs=%d); nothing to train: raise "
                              "max_epochs to train on", resume, self.epoch, self.cfg.section, t.max_epochs)
                 return {}
+            budget = self.cfg.max_time_seconds
+            if budget is not None and self.train_time >= budget:
+                if self.dist.is_main:
+                    log.info("%s has trained %s, all of max_time=%s; nothing to train: raise max_time to train on",
+                             resume, _duration(self.train_time), self.cfg.max_time)
+                return {}
         if self.dist.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -581,10 +637,15 @@ class Trainer:
             )
             self.on_train_start()
         metrics: dict[str, float] = {}
+        validated = False
+        self._fit_start, self.agreed_time = monotonic(), self.train_time
         try:
             with self._signals_stop_training():
                 while self.epoch < t.max_epochs:
                     self.train_epoch()
+                    if self.out_of_time:  # mid-epoch
+                        validated = False
+                        break
                     self.epoch += 1
                     last = self.epoch == t.max_epochs
                     validated = self.epoch % t.val_interval == 0 or last
@@ -600,18 +661,34 @@ class Trainer:
                         if self.dist.is_main:
                             log.warning("%s", reason)
                         break
-                    if not last:
-                        self._stop_if_requested(already_saved=saved)
+                    if not last and self._stop_if_requested(already_saved=saved):
+                        self.out_of_time = True
+                        break
+                if self.out_of_time:
+                    metrics = self._finish_at_max_time(metrics, validated)
         finally:
             if self.writer is not None:
                 self.writer.close()
         return metrics
 
+    def _finish_at_max_time(self, metrics: dict[str, float], validated: bool) -> dict[str, float]:
+        """``max_time`` is spent: a final validation (unless the epoch just ended with one; ``best.pt`` as usual),
+        then ``last.pt``."""
+        if not validated:
+            metrics = self._validate()
+        self.save("last.pt")
+        if self.dist.is_main:
+            log.info("max_time=%s reached %s after %s of training; %s holds the run; resume with resume_ckpt=true "
+                     "and a longer max_time to train on", self.cfg.max_time, at_position(self.epoch, self.step_in_epoch),
+                     _duration(self.elapsed_time), self.ckpt_dir / "last.pt")
+        return metrics
+
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """What a checkpoint holds beside the tracked components: progress, the best measure, the config."""
+        """What a checkpoint holds beside the tracked components: progress (with the seconds trained so far),
+        the best measure, the config."""
         state = dict(epoch=self.epoch, step_in_epoch=self.step_in_epoch, global_step=self.global_step,
-                     world_size=self.dist.world_size, config=to_dict(self.cfg))
+                     train_time=self.elapsed_time, world_size=self.dist.world_size, config=to_dict(self.cfg))
         if self.best_metric:
             state[f"best_{self.best_metric}"] = self.best_value
         return state
@@ -630,6 +707,7 @@ class Trainer:
         same_streams = self.checkpointer.restore(ckpt)
         self.epoch, self.global_step = int(ckpt["epoch"]), int(ckpt["global_step"])
         self.step_in_epoch = int(ckpt.get("step_in_epoch", 0))
+        self.train_time = float(ckpt.get("train_time", 0.0))
         if self.best_metric:
             self.best_value = float(ckpt.get(f"best_{self.best_metric}", -math.inf))
         self._apply_config_lr()

@@ -90,8 +90,8 @@ def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
 _host_group = None
 
 
-def agreed_max(value: int) -> int:
-    """The largest ``value`` over all ranks, agreed through a CPU (gloo) process group.
+def agreed_max(*values: float) -> list[float]:
+    """The largest of each of ``values`` over all ranks, agreed through a CPU (gloo) process group.
 
     The host waits for the other ranks' hosts, never for a device: under nccl a device tensor would have to be
     read back (``.item()``), waiting for every kernel queued so far. Agreeing every step keeps the stop at the
@@ -99,16 +99,16 @@ def agreed_max(value: int) -> int:
     would stop later and still need a read); measured on the 2-core development machine, a blocking gloo
     all-reduce of one flag between two processes costs about 0.4 ms, during which a GPU keeps running the queued
     step. The group is made on first use, which every rank reaches at the same point. A single process gets
-    ``value`` back.
+    ``values`` back.
     """
     global _host_group
     if not (dist.is_available() and dist.is_initialized()):
-        return value
+        return list(values)
     if _host_group is None:
         _host_group = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
-    flag = torch.tensor([value])
+    flag = torch.tensor(values, dtype=torch.float64)
     dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=_host_group)
-    return int(flag[0])
+    return flag.tolist()
 
 
 def all_gather_objects(obj):
