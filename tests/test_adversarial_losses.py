@@ -145,6 +145,10 @@ def _flat_grad(model: nn.Module) -> torch.Tensor:
 
 
 def _ddp_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
+    from torch.distributed import nn as _dist_nn  # noqa: F401 - before the group, as init_distributed does (why: there)
+
+    from medgen.training.distributed import cleanup
+
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
@@ -152,8 +156,9 @@ def _ddp_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
         ddp = nn.parallel.DistributedDataParallel(_tiny_critic())
         _critic_loss(ddp, rank).backward()  # the GP goes through the DDP-wrapped critic
         torch.save(_flat_grad(ddp.module), os.path.join(out_dir, f"grad{rank}.pt"))
+        del ddp  # its reducer holds the group: gloo's threads must stop before the interpreter does
     finally:
-        dist.destroy_process_group()
+        cleanup()
 
 
 def test_gradient_penalty_double_backward_under_ddp(tmp_path):
