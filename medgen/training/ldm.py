@@ -33,7 +33,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from medgen.config import ConfigError, LDMConfig, to_dict
+from medgen.config import ConfigError, LDMConfig, VAEConfig, to_dict
 from medgen.data.latents import LatentCrops, RunningMoments, encode_image, file_stamp, latent_key, load_latent, save_latent
 from medgen.data.transforms import deterministic_transforms, read_windowed
 from medgen.metrics.copies import calibrate, nearest, thumbnail
@@ -81,16 +81,17 @@ class LDMTrainer(Trainer):
     resume_keys = ("diffusion_def", "data_source", "ldm_train.scheduler", "ldm_train.num_train_timesteps")
 
     @staticmethod
-    def data_patch_size(cfg: LDMConfig) -> tuple[int, ...]:
-        """The smallest image (in pixels) a latent crop fits in: ``latent_patch_size`` x the autoencoder's downsampling."""
-        factor = autoencoder_config(cfg.autoencoder_checkpoint, key="autoencoder_checkpoint").autoencoder_def.downsample_factor
-        return tuple(p * factor for p in cfg.ldm_train.latent_patch_size)
+    def data_patch_size(cfg: LDMConfig, vae: VAEConfig | None = None) -> tuple[int, ...]:
+        """The smallest image (in pixels) a latent crop fits in: ``latent_patch_size`` x the downsampling of the
+        autoencoder (``vae``: its config, read from ``autoencoder_checkpoint`` when not given)."""
+        vae = vae or autoencoder_config(cfg.autoencoder_checkpoint, key="autoencoder_checkpoint")
+        return tuple(p * vae.autoencoder_def.downsample_factor for p in cfg.ldm_train.latent_patch_size)
 
     @classmethod
     def checked_size(cls, cfg: LDMConfig) -> tuple[int, ...] | None:
         """Images are read as the autoencoder was trained: its ``patch_mode`` decides whether a size is needed."""
-        resized = autoencoder_config(cfg.autoencoder_checkpoint, key="autoencoder_checkpoint").patch_mode == "resize"
-        return None if resized else cls.data_patch_size(cfg)
+        vae = autoencoder_config(cfg.autoencoder_checkpoint, key="autoencoder_checkpoint")
+        return None if vae.patch_mode == "resize" else cls.data_patch_size(cfg, vae)
 
     def build(self) -> None:
         cfg, t, dev = self.cfg, self.cfg.ldm_train, self.dist.device
