@@ -14,6 +14,7 @@ Writes ``<out>.json`` (every contender's settings, steps, curve and final measur
 input | reconstruction | error, for the best contender and the tutorial).
 
     python benchmarks/bench_quality.py --data public_data/panoramic --minutes 30 --out benchmarks/results/quality_2d_cpu
+    python benchmarks/bench_quality.py --dims 3 --data public_data/ct --minutes 30 --out benchmarks/results/quality_3d_cpu
     python benchmarks/bench_quality.py --quick --out /tmp/quality_quick   # tiny sizes on demo data, end to end
 """
 
@@ -74,7 +75,11 @@ CONTENDERS = {
     "recipe": (RECIPE, [], "medgen's recipe (configs/radiograph_2d.json)"),
     # ablations: the recipe with one choice undone
     "recipe_constant_lr": (RECIPE, ["autoencoder_train.lr_scheduler=constant"], "recipe without warm-up + cosine (constant lr)"),
-    "recipe_wide": (RECIPE, ["autoencoder_def.channels=[32,64,64]", "autoencoder_def.norm_num_groups=32"],
+    "recipe_groups16": (RECIPE, ["autoencoder_def.norm_num_groups=16"],
+                        "recipe with 16 GroupNorm groups (one or two channels each) instead of one"),
+    "recipe_no_adv": (RECIPE, ["autoencoder_train.adv_weight=0"], "recipe without the adversarial term"),
+    "recipe_groups4": (RECIPE, ["autoencoder_def.norm_num_groups=4"], "recipe with 4 GroupNorm groups instead of one"),
+    "recipe_wide": (RECIPE, ["autoencoder_def.channels=[32,64,64]"],
                     "recipe with twice the channels, [32, 64, 64]"),
     "recipe_adv_early": (RECIPE, ["autoencoder_train.adv_warmup_epochs=1", "autoencoder_train.adv_weight=0.01"],
                          "recipe with the adversarial term from epoch 2 at weight 0.01"),
@@ -83,12 +88,34 @@ CONTENDERS = {
     "recipe_patch256": (RECIPE, ["autoencoder_train.patch_size=[256,256]", "autoencoder_train.batch_size=2"],
                         "recipe on 256x256 patches, batch 2 (same pixels per step)"),
 }
+RECIPE_3D = "configs/cbct_3d.json"
+TUTORIAL_3D = [  # MONAI tutorials generation/3d_autoencoderkl: network, losses, optimisers (patches and batch: the recipe's)
+    "autoencoder_def.channels=[32,64,64]", "autoencoder_def.latent_channels=3", "autoencoder_def.num_res_blocks=1",
+    "autoencoder_def.norm_num_groups=16", "autoencoder_def.attention_levels=[false,false,true]",
+    "autoencoder_def.with_encoder_nonlocal_attn=true", "autoencoder_def.with_decoder_nonlocal_attn=true",
+    "discriminator_def.channels=32", "discriminator_def.num_layers_d=3", "discriminator_def.norm=BATCH",
+    "autoencoder_train.recon_loss=l1", "autoencoder_train.kl_weight=1e-6", "autoencoder_train.adv_weight=0.01",
+    "autoencoder_train.adv_warmup_epochs=5", "autoencoder_train.lr=1e-4", "autoencoder_train.disc_lr=5e-4",
+    "autoencoder_train.betas=[0.9,0.999]", "autoencoder_train.lr_scheduler=constant",
+]
+CONTENDERS_3D = {
+    "tutorial": (RECIPE_3D, TUTORIAL_3D, "MONAI 3d_autoencoderkl tutorial recipe"),
+    "recipe": (RECIPE_3D, [], "medgen's recipe (configs/cbct_3d.json)"),
+    "recipe_groups16": (RECIPE_3D, ["autoencoder_def.norm_num_groups=16"],
+                        "recipe with 16 GroupNorm groups (two or four channels each) instead of one"),
+}
 # Every contender: same data, perceptual term off (weights not shipped), whole-image evaluation done here (the
 # trainer's own validation runs once, after the budget).
 COMMON = ["autoencoder_train.perceptual_weight=0", "val_full_images=false", "autoencoder_train.max_epochs=100000",
           "autoencoder_train.val_interval=100000",
           "data_source=both", "num_workers=0", "scan_workers=0"]
 # --quick: every contender at a tiny size (two levels of 8 and 16 channels, 32x32 patches)
+TINY_3D = ["autoencoder_def.channels=[8,16]", "autoencoder_def.norm_num_groups=4", "autoencoder_def.num_res_blocks=1",
+           "autoencoder_def.attention_levels=[false,false]", "autoencoder_def.with_encoder_nonlocal_attn=false",
+           "autoencoder_def.with_decoder_nonlocal_attn=false", "discriminator_def.channels=8",
+           "discriminator_def.num_layers_d=2", "autoencoder_train.patch_size=[16,16,16]", "autoencoder_train.batch_size=2",
+           "autoencoder_train.lr_warmup_steps=2", "autoencoder_train.adv_warmup_epochs=1", "num_val_images=1",
+           "patches_per_image=2"]
 TINY = ["autoencoder_def.channels=[8,16]", "autoencoder_def.norm_num_groups=4", "autoencoder_def.num_res_blocks=1",
         "autoencoder_def.attention_levels=[false,false]", "discriminator_def.channels=8", "discriminator_def.num_layers_d=2",
         "autoencoder_train.patch_size=[32,32]", "autoencoder_train.batch_size=2", "autoencoder_train.lr_warmup_steps=2",
@@ -175,10 +202,12 @@ def run(args) -> dict:
                                 torch=torch.__version__, device="cpu"),
                    common_overrides=COMMON, contenders={})
     examples = {}
+    table, tiny = (CONTENDERS_3D, TINY_3D) if args.dims == 3 else (CONTENDERS, TINY)
+    results["dims"] = args.dims
     for name in args.contenders:
-        config, overrides, what = CONTENDERS[name]
+        config, overrides, what = table[name]
         sets = [*COMMON, f"data_base_dir={data / 'train'}", f"val_dir={data / 'val'}", f"cache_dir={work / 'cache'}",
-                *overrides, *(TINY if args.quick else [])]
+                *overrides, *(tiny if args.quick else [])]
         logging.getLogger("medgen.train").info("contender %s: %s", name, what)
         cfg, info, snaps = train_contender(name, config, sets, args.minutes * 60, shares, work / name)
         _, val_items = discover_items(cfg)
@@ -214,7 +243,10 @@ def example_rows(model, cfg, items) -> list[tuple[np.ndarray, np.ndarray]]:
     with torch.no_grad():
         for item in items:
             rec = reconstruct_item(model, cfg, item["image"], tiling, chain)
-            rows.append((rec.input[0].numpy(), rec.output[0].numpy()))
+            x, y = rec.input[0].numpy(), rec.output[0].numpy()
+            if x.ndim == 3:  # a volume: its middle slice across the last axis (axial for a CT)
+                x, y = x[..., x.shape[-1] // 2], y[..., y.shape[-1] // 2]
+            rows.append((x, y))
     return rows
 
 
@@ -268,22 +300,28 @@ def main(argv=None) -> dict:
     p.add_argument("--points", type=int, default=6, help="evaluations per contender, evenly over the budget")
     p.add_argument("--curve-images", type=int, default=12, help="held-out images of the curve points (the final: all)")
     p.add_argument("--final-images", type=int, default=None, help="held-out images of the final evaluation (default: all)")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "quality_2d_cpu"), help="output path without suffix")
+    p.add_argument("--out", default=None, help="output path without suffix (default benchmarks/results/quality_<dims>d_cpu)")
     p.add_argument("--work", default=None, help="run directories (default: a temporary folder)")
+    p.add_argument("--dims", type=int, choices=(2, 3), default=2,
+                   help="2: panoramics (configs/radiograph_2d.json); 3: volumes (configs/cbct_3d.json, whole-volume tiled evaluation)")
     p.add_argument("--quick", action="store_true", help="tiny models on demo data for seconds: checks the pipeline")
     args = p.parse_args(argv)
-    args.contenders = args.contenders.split(",") if args.contenders else (["tutorial", "recipe"] if args.quick else list(CONTENDERS))
-    unknown = [c for c in args.contenders if c not in CONTENDERS]
+    table = CONTENDERS_3D if args.dims == 3 else CONTENDERS
+    args.contenders = args.contenders.split(",") if args.contenders else (["tutorial", "recipe"] if args.quick else list(table))
+    unknown = [c for c in args.contenders if c not in table]
     if unknown:
-        p.error(f"unknown contender {unknown[0]}; choose from {', '.join(CONTENDERS)}")
+        p.error(f"unknown contender {unknown[0]} for --dims {args.dims}; choose from {', '.join(table)}")
+    if args.out is None:
+        args.out = str(ROOT / "benchmarks" / "results" / f"quality_{args.dims}d_cpu")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.quick:
         from medgen.data.demo import write_demo_dataset
 
         args.work = args.work or tempfile.mkdtemp(prefix="bench_quality_")
         data = Path(args.work) / "data"
-        write_demo_dataset(data / "train", spatial_dims=2, count=4, size=40, seed=0)
-        write_demo_dataset(data / "val", spatial_dims=2, count=2, size=48, seed=1)
+        size = (40, 48) if args.dims == 2 else (24, 32)
+        write_demo_dataset(data / "train", spatial_dims=args.dims, count=4 if args.dims == 2 else 1, size=size[0], seed=0)
+        write_demo_dataset(data / "val", spatial_dims=args.dims, count=2 if args.dims == 2 else 1, size=size[1], seed=1)
         args.data, args.minutes, args.points = str(data), args.minutes if args.minutes < 1 else 0.05, min(args.points, 3)
     elif not args.data:
         p.error("--data is required (or --quick)")

@@ -47,3 +47,18 @@ def test_quick_mode_writes_curves_final_measures_and_figures(tmp_path):
     assert curves.width > 600
     # three held-out images for each of two contenders, three panels a row
     assert examples.width == 3 * 320 and examples.height == 6 * (320 + 14)
+
+
+def test_quick_mode_in_3d_trains_on_patches_and_evaluates_whole_volumes(tmp_path):
+    bench = _bench()
+    out = tmp_path / "quality_3d"
+    bench.main(["--quick", "--dims", "3", "--contenders", "recipe", "--out", str(out), "--work", str(tmp_path / "work"),
+                "--points", "2"])
+    results = json.loads(out.with_suffix(".json").read_text())
+    c = results["contenders"]["recipe"]
+    assert results["dims"] == 3 and c["config"] == "configs/cbct_3d.json"
+    assert c["settings"]["patch_size"] == [16, 16, 16] and c["settings"]["downsampling"] == 2
+    # one 32^3 held-out volume per class, reconstructed whole through 16^3 tiles
+    assert c["final"]["images"] == 2 and math.isfinite(c["final"]["psnr"]) and math.isfinite(c["final"]["seam_ratio"])
+    examples = Image.open(f"{out}_examples.png")  # middle slices: the volume's two images, three panels each
+    assert examples.width == 3 * 320 and examples.height == 2 * (320 + 14)

@@ -107,6 +107,22 @@ def test_cached_patches_equal_the_uncached_ones(demo2d, demo3d, tmp_path, dims, 
                 assert torch.equal(want["image_spacing"], got["image_spacing"])
 
 
+
+def test_patches_per_image_draws_that_many_different_patches_of_each_image_per_epoch(demo3d, tmp_path):
+    items, _, cfg = _pair(tmp_path, demo3d, 3, (8, 8, 8), ["patches_per_image=3"])
+    n = len(items)
+    train, val = build_dataset(cfg, items, (8, 8, 8), train=True), build_dataset(cfg, items, (8, 8, 8), train=False)
+    assert (len(train), len(val)) == (3 * n, n)
+    repeats = [train[(0, i + k * n)]["image"] for i in (0, 1) for k in range(3)]
+    assert all(r.shape == (1, 8, 8, 8) for r in repeats)
+    for a in range(len(repeats)):  # every repeat its own crop (16^3 volumes hold 729 positions)
+        assert not any(torch.equal(repeats[a], repeats[b]) for b in range(a + 1, len(repeats)))
+    assert torch.equal(train[(0, 4)]["image"], build_dataset(cfg, items, (8, 8, 8), train=True)[(0, 4)]["image"])
+    loader = make_train_loader(cfg, train, batch_size=2, epoch=0, rank=0, world_size=1)
+    assert len(loader) == (3 * n + 1) // 2
+    with pytest.raises(Exception, match="patches_per_image=3 needs patch_mode=crop"):
+        load_config("vae_config.json", [*TINY, "patches_per_image=3", "patch_mode=resize"])
+
 def test_the_cache_holds_stored_integers_memory_mapped_and_no_more_than_the_source(demo2d, demo3d, tmp_path):
     for data, dims, patch, dtype in [(demo2d, 2, (32, 32), np.uint16), (demo3d, 3, (8, 8, 8), np.int16)]:
         # 2D: copied only when asked; uncompressed files are otherwise read in place (next test)

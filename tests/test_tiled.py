@@ -5,9 +5,11 @@ bounded work per tile, seams measured, MONAI's block forwards pinned, and `medge
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
+
 import pytest
 import torch
 
@@ -93,6 +95,24 @@ def test_seam_ratio_sees_a_seam():
     seamed = x.clone()
     seamed[:, 32:64, :] += 0.05  # one tile brighter than its neighbours
     assert seam_ratio(seamed, borders) > 1.5
+
+
+def test_seam_ratio_against_the_input_counts_only_what_tiling_added():
+    x = _smooth((128, 128))[0]
+    borders = [[32, 64, 96], []]
+    banded = x.clone()
+    banded[:, 64:, :] += 0.2  # the input's own edge on a border line (a scanner band)
+    assert seam_ratio(banded, borders) > 1.5  # alone, the edge reads as a seam
+    assert seam_ratio(banded, borders, banded) == pytest.approx(1.0)
+    blurred = banded.clone()
+    blurred[:, 1:-1, :] = (banded[:, :-2, :] + banded[:, 1:-1, :] + banded[:, 2:, :]) / 3  # the edge, softened
+    assert seam_ratio(blurred, borders, banded) < 1.0
+    seamed = banded.clone()
+    seamed[:, 96:, :] += 0.2  # the last tile brighter: a step the input does not have
+    assert seam_ratio(seamed, borders, banded) > 1.3
+    assert math.isnan(seam_ratio(x, [[], []], x))
+    with pytest.raises(ValueError, match="reference shape"):
+        seam_ratio(x, borders, x[:, :64])
 
 
 def _checkpoint(path: Path, *overrides: str) -> Path:

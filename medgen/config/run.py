@@ -62,6 +62,9 @@ class RunConfig:
     cache: Literal["disk", "memory", "none"] = "disk"  # decoded images cached on disk (shared by ranks) or in RAM
     cache_dir: str | None = None  # disk cache location (default run_dir/cache)
     cache_in_place: bool = True  # uncompressed 2D DICOM: read patches from the file itself (false: copy into cache_dir)
+    # random patches cut from each training image per epoch: large volumes (a CBCT, 512^3) hold many patches, and
+    # one per epoch would make an epoch (its validation, its checkpoint) a single step (crop mode only)
+    patches_per_image: int = 1
     skip_bad_files: bool = False  # train on the usable files and list the others in run_dir, instead of stopping
     scan_workers: int = 2  # processes reading files in the pre-training data check (0: serial)
     # --- run ---
@@ -87,9 +90,12 @@ class RunConfig:
         for name in ("num_workers", "scan_workers", "max_nonfinite_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be 0 or more")
-        for name in ("checkpoint_interval", "log_interval", "num_val_images"):
+        for name in ("checkpoint_interval", "log_interval", "num_val_images", "patches_per_image"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be at least 1")
+        if self.patches_per_image > 1 and self.patch_mode != "crop":
+            raise ConfigError(f"patches_per_image={self.patches_per_image} needs patch_mode=crop (resize mode gives one "
+                              "whole resized image per item); set patches_per_image=1")
         if self.max_time is not None:
             duration_seconds(self.max_time, "max_time")
 

@@ -22,7 +22,11 @@ class AutoencoderDef:
     latent_channels: int = 4  # more: less compression, better detail
     channels: tuple[int, ...] = (64, 128, 256)  # channels per level; len-1 downsamplings by 2
     num_res_blocks: int = 2  # residual blocks per level
-    norm_num_groups: int = 32  # GroupNorm groups; must divide every channel count
+    # GroupNorm groups; must divide every channel count. Each group is normalised by the statistics of the image it
+    # sees, so with one or two channels a group the network loses the absolute intensity and infers it from the
+    # patch's context: trained on patches and run on whole images its output came out 0.1 too dark or too bright
+    # (about 18 dB whole-image PSNR on real panoramics); with 1 group the same run reached 30 dB
+    norm_num_groups: int = 32
     norm_eps: float = 1e-6
     attention_levels: tuple[bool, ...] = (False, False, False)  # self-attention per level
     with_encoder_nonlocal_attn: bool = True  # attention in the encoder bottleneck

@@ -37,21 +37,26 @@ class SkipUnreadable(torch.utils.data.Dataset):
     Indexed with ``(epoch, index)`` (see :class:`EpochSampler`), it first seeds the random transforms from
     :func:`item_seed`; a plain ``index`` leaves them as they are. Failures are appended as JSON lines
     ``{"path", "reason"}`` to ``report_path`` (one file per rank).
+
+    With ``repeats`` > 1 every item appears that many times per epoch (``patches_per_image``): index ``j`` reads
+    item ``j % len(base)`` and seeds its crop from ``j``, so each repeat is a different patch.
     """
 
     def __init__(self, base: torch.utils.data.Dataset, items: Sequence[dict], data_base_dir: str, report_path: Path | None,
-                 seed: int = 0):
+                 seed: int = 0, repeats: int = 1):
         self.base, self.items, self.data_base_dir, self.report_path, self.seed = base, items, data_base_dir, report_path, seed
+        self.repeats = repeats
 
     def __len__(self) -> int:
-        return len(self.base)
+        return len(self.base) * self.repeats
 
     def __getitem__(self, key: int | tuple[int, int]):
         epoch, index = key if isinstance(key, tuple) else (None, key)
         for attempt in range(min(len(self.base), 8)):
-            i = (index + attempt) % len(self.base)
+            j = (index + attempt) % len(self)
+            i = j % len(self.base)
             if epoch is not None:
-                self.base.transform.set_random_state(seed=item_seed(self.seed, epoch, i))
+                self.base.transform.set_random_state(seed=item_seed(self.seed, epoch, j))
             try:
                 return self.base[i]
             except Exception as e:  # a file changed or vanished after the pre-training scan
@@ -112,7 +117,7 @@ def build_dataset(cfg: RunConfig, items: Sequence[dict], patch_size: Sequence[in
     else:
         ds = Dataset(data, transform=transform)
     report = Path(cfg.run_dir) / f"unreadable_rank{rank}.jsonl"
-    return SkipUnreadable(ds, data, cfg.data_base_dir, report, seed=cfg.seed)
+    return SkipUnreadable(ds, data, cfg.data_base_dir, report, seed=cfg.seed, repeats=cfg.patches_per_image if train else 1)
 
 
 class EpochSampler(Sampler):

@@ -119,7 +119,7 @@ class Reconstruction(NamedTuple):
 
     input: torch.Tensor  # (C, *image_shape), the preprocessed input
     output: torch.Tensor  # (C, *image_shape), decode(z_mu), clamped to [0, 1]
-    seam_ratio: float  # of the stitched output at its tile borders (nan: a single tile)
+    seam_ratio: float  # of the stitched output at its tile borders, over the input's (nan: a single tile)
     model_shape: tuple[int, ...]  # the shape the model saw (padded or resized)
     spacing: Sequence[float]
 
@@ -134,7 +134,7 @@ def reconstruct_item(model: AutoencoderKL, cfg: VAEConfig, item: Any, tiling: Ti
     with _tiles_fit(f"reconstructing {name}", x.shape[2:], tiling):
         z_mu, _ = tiled_encode(model, x, tiling)
         y = tiled_decode(model, z_mu, tiling)[0]
-    seams = seam_ratio(y, output_borders(x.shape[2:], tiling, cfg.autoencoder_def.downsample_factor))
+    seams = seam_ratio(y.float(), output_borders(x.shape[2:], tiling, cfg.autoencoder_def.downsample_factor), x[0].to(y.device, torch.float32))
     back = [to_image_shape(t.cpu(), image_shape, cfg.patch_mode) for t in (x[0], y.float())]
     return Reconstruction(back[0], back[1].clamp(0.0, 1.0), seams, tuple(x.shape[2:]), spacing)
 

@@ -14,17 +14,28 @@ import torch
 __all__ = ["seam_ratio"]
 
 
-def seam_ratio(image: torch.Tensor, borders: Sequence[Sequence[int]]) -> float:
+def seam_ratio(image: torch.Tensor, borders: Sequence[Sequence[int]], reference: torch.Tensor | None = None) -> float:
     """How visible tile borders are: the mean absolute step between neighbouring pixels across the borders,
     divided by the mean step across lines halfway between borders (1.0: invisible; a seam makes it larger).
+
+    A real image has its own edges, and a few border lines can fall on them (the horizontal bands a panoramic
+    scanner leaves, the edge of a label): with ``reference`` (the input the output reconstructs) the output's
+    ratio is divided by the reference's at the same lines, so 1.0 means "no more visible than in the input"
+    and only what the tiling added counts.
 
     Args:
         image: ``(C, *spatial)`` or ``(*spatial)``.
         borders: per spatial axis, the positions ``b`` of tile borders (the step is ``image[b] - image[b-1]``).
+        reference: optional, same shape as ``image``.
 
     Returns:
-        the ratio, or ``nan`` when the image has no inner border.
+        the ratio, or ``nan`` when the image has no inner border (or the reference is flat at the lines).
     """
+    if reference is not None:
+        if reference.shape != image.shape:
+            raise ValueError(f"seam_ratio: reference shape {tuple(reference.shape)} differs from the image's {tuple(image.shape)}")
+        own = seam_ratio(reference, borders)
+        return seam_ratio(image, borders) / own if math.isfinite(own) and own > 0 else math.nan
     img = image.float()
     nd = len(borders)
     if img.ndim == nd:
