@@ -14,7 +14,7 @@ Writes ``<out>.json`` (every contender's settings, steps, curve and final measur
 input | reconstruction | error, for the best contender and the tutorial).
 
     python benchmarks/bench_quality.py --data public_data/panoramic --minutes 30 --out benchmarks/results/quality_2d_cpu
-    python benchmarks/bench_quality.py --dims 3 --data public_data/ct --minutes 30 --out benchmarks/results/quality_3d_cpu
+    python benchmarks/bench_quality.py --dims 3 --data public_data/ct --data-source edente --minutes 30 --out benchmarks/results/quality_3d_cpu
     python benchmarks/bench_quality.py --quick --out /tmp/quality_quick   # tiny sizes on demo data, end to end
 """
 
@@ -30,6 +30,11 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+
+try:
+    import resource
+except ImportError:  # not on Windows
+    resource = None
 
 import numpy as np
 import torch
@@ -98,17 +103,20 @@ TUTORIAL_3D = [  # MONAI tutorials generation/3d_autoencoderkl: network, losses,
     "autoencoder_train.adv_warmup_epochs=5", "autoencoder_train.lr=1e-4", "autoencoder_train.disc_lr=5e-4",
     "autoencoder_train.betas=[0.9,0.999]", "autoencoder_train.lr_scheduler=constant",
 ]
+# the public CT's held-out slab is 32 slices deep, and every contender's validation patch must fit it
+CT_PATCH = ["autoencoder_train.patch_size=[32,64,64]"]
 CONTENDERS_3D = {
-    "tutorial": (RECIPE_3D, TUTORIAL_3D, "MONAI 3d_autoencoderkl tutorial recipe"),
-    "recipe": (RECIPE_3D, [], "medgen's recipe (configs/cbct_3d.json)"),
-    "recipe_groups16": (RECIPE_3D, ["autoencoder_def.norm_num_groups=16"],
+    "tutorial": (RECIPE_3D, [*TUTORIAL_3D, *CT_PATCH], "MONAI 3d_autoencoderkl tutorial recipe"),
+    "recipe": (RECIPE_3D, CT_PATCH, "medgen's recipe (configs/cbct_3d.json)"),
+    "recipe_no_adv": (RECIPE_3D, [*CT_PATCH, "autoencoder_train.adv_weight=0"], "recipe without the adversarial term"),
+    "recipe_groups16": (RECIPE_3D, [*CT_PATCH, "autoencoder_def.norm_num_groups=16"],
                         "recipe with 16 GroupNorm groups (two or four channels each) instead of one"),
 }
 # Every contender: same data, perceptual term off (weights not shipped), whole-image evaluation done here (the
 # trainer's own validation runs once, after the budget).
 COMMON = ["autoencoder_train.perceptual_weight=0", "val_full_images=false", "autoencoder_train.max_epochs=100000",
           "autoencoder_train.val_interval=100000",
-          "data_source=both", "num_workers=0", "scan_workers=0"]
+          "num_workers=0", "scan_workers=0"]
 # --quick: every contender at a tiny size (two levels of 8 and 16 channels, 32x32 patches)
 TINY_3D = ["autoencoder_def.channels=[8,16]", "autoencoder_def.norm_num_groups=4", "autoencoder_def.num_res_blocks=1",
            "autoencoder_def.attention_levels=[false,false]", "autoencoder_def.with_encoder_nonlocal_attn=false",
@@ -200,13 +208,13 @@ def run(args) -> dict:
                    final_images=args.final_images,
                    machine=dict(platform=platform.platform(), cpus=os.cpu_count(), torch_threads=torch.get_num_threads(),
                                 torch=torch.__version__, device="cpu"),
-                   common_overrides=COMMON, contenders={})
+                   common_overrides=[*COMMON, f"data_source={args.data_source}"], contenders={})
     examples = {}
     table, tiny = (CONTENDERS_3D, TINY_3D) if args.dims == 3 else (CONTENDERS, TINY)
     results["dims"] = args.dims
     for name in args.contenders:
         config, overrides, what = table[name]
-        sets = [*COMMON, f"data_base_dir={data / 'train'}", f"val_dir={data / 'val'}", f"cache_dir={work / 'cache'}",
+        sets = [*COMMON, f"data_source={args.data_source}", f"data_base_dir={data / 'train'}", f"val_dir={data / 'val'}", f"cache_dir={work / 'cache'}",
                 *overrides, *(tiny if args.quick else [])]
         logging.getLogger("medgen.train").info("contender %s: %s", name, what)
         cfg, info, snaps = train_contender(name, config, sets, args.minutes * 60, shares, work / name)
@@ -224,8 +232,10 @@ def run(args) -> dict:
                 measured = {m: statistics.fmean(p[m] for p in head if math.isfinite(p[m])) for m in MEASURES}
                 examples[name] = example_rows(model, cfg, val_items[: 3])
             curve.append(dict(minutes=snap["seconds"] / 60, step=snap["step"], **{m: measured[m] for m in MEASURES}))
+        # the process's peak resident memory so far (training and evaluation; a running maximum over the contenders)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20 if resource else None
         results["contenders"][name] = dict(description=what, config=config, overrides=overrides, settings=describe(cfg),
-                                           **info, curve=curve, final={k: v for k, v in final.items() if k != "per_image"},
+                                           **info, peak_rss_gb_so_far=peak, curve=curve, final={k: v for k, v in final.items() if k != "per_image"},
                                            final_per_image=final["per_image"])
         (out.with_suffix(".json")).write_text(json.dumps(results, indent=2) + "\n")  # kept as each contender ends
     best = max(results["contenders"], key=lambda n: results["contenders"][n]["final"]["psnr"])
@@ -244,8 +254,8 @@ def example_rows(model, cfg, items) -> list[tuple[np.ndarray, np.ndarray]]:
         for item in items:
             rec = reconstruct_item(model, cfg, item["image"], tiling, chain)
             x, y = rec.input[0].numpy(), rec.output[0].numpy()
-            if x.ndim == 3:  # a volume: its middle slice across the last axis (axial for a CT)
-                x, y = x[..., x.shape[-1] // 2], y[..., y.shape[-1] // 2]
+            if x.ndim == 3:  # a volume: its middle slice across the first axis (axial: medgen reads volumes z, y, x)
+                x, y = x[x.shape[0] // 2], y[y.shape[0] // 2]
             rows.append((x, y))
     return rows
 
@@ -302,6 +312,8 @@ def main(argv=None) -> dict:
     p.add_argument("--final-images", type=int, default=None, help="held-out images of the final evaluation (default: all)")
     p.add_argument("--out", default=None, help="output path without suffix (default benchmarks/results/quality_<dims>d_cpu)")
     p.add_argument("--work", default=None, help="run directories (default: a temporary folder)")
+    p.add_argument("--data-source", default="both", choices=("both", "edente", "dente"),
+                   help="classes to train and evaluate on (the public CT is one volume, under edente/)")
     p.add_argument("--dims", type=int, choices=(2, 3), default=2,
                    help="2: panoramics (configs/radiograph_2d.json); 3: volumes (configs/cbct_3d.json, whole-volume tiled evaluation)")
     p.add_argument("--quick", action="store_true", help="tiny models on demo data for seconds: checks the pipeline")
