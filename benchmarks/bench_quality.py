@@ -209,12 +209,13 @@ def run(args) -> dict:
                    machine=dict(platform=platform.platform(), cpus=os.cpu_count(), torch_threads=torch.get_num_threads(),
                                 torch=torch.__version__, device="cpu"),
                    common_overrides=[*COMMON, f"data_source={args.data_source}"], contenders={})
+    common = results["common_overrides"]
     examples = {}
     table, tiny = (CONTENDERS_3D, TINY_3D) if args.dims == 3 else (CONTENDERS, TINY)
     results["dims"] = args.dims
     for name in args.contenders:
         config, overrides, what = table[name]
-        sets = [*COMMON, f"data_source={args.data_source}", f"data_base_dir={data / 'train'}", f"val_dir={data / 'val'}", f"cache_dir={work / 'cache'}",
+        sets = [*common, f"data_base_dir={data / 'train'}", f"val_dir={data / 'val'}", f"cache_dir={work / 'cache'}",
                 *overrides, *(tiny if args.quick else [])]
         logging.getLogger("medgen.train").info("contender %s: %s", name, what)
         cfg, info, snaps = train_contender(name, config, sets, args.minutes * 60, shares, work / name)

@@ -359,3 +359,16 @@ def test_temporaries_a_killed_worker_left_are_swept_and_live_ones_kept(tmp_path)
     os.utime(stale, (old, old))
     _image_cache(folder, {}, [])
     assert not stale.exists() and live.exists()  # a write in progress elsewhere is left alone
+
+
+def test_latent_crops_take_patches_per_image_as_the_image_datasets_do(tmp_path):
+    from medgen.data.latents import LatentCrops, save_latent
+
+    paths = [save_latent({"z_mu": torch.randn(4, 32, 32, generator=torch.Generator().manual_seed(k))}, tmp_path / f"z{k}.pt")
+             for k in range(2)]
+    once, thrice = LatentCrops(paths, [0, 1], (8, 8), seed=0), LatentCrops(paths, [0, 1], (8, 8), seed=0, repeats=3)
+    assert (len(once), len(thrice)) == (2, 6)
+    crops = [thrice[(0, j)] for j in range(6)]
+    assert [c["label"] for c in crops] == [0, 1, 0, 1, 0, 1]
+    assert torch.equal(crops[1]["image"], once[(0, 1)]["image"])  # the first repeat is the crop without repeats
+    assert not torch.equal(crops[0]["image"], crops[2]["image"]) and not torch.equal(crops[2]["image"], crops[4]["image"])

@@ -155,21 +155,24 @@ class LatentCrops(torch.utils.data.Dataset):
 
     Indexed with ``(epoch, index)`` (:class:`medgen.data.datasets.EpochSampler`) the crop position depends only on
     ``(seed, epoch, index)``, so resumed and multi-process runs draw the same crops as an uninterrupted one.
+    With ``repeats`` > 1 (``patches_per_image``) each latent appears that many times per epoch, each time cropped
+    elsewhere: index ``j`` reads latent ``j % len(paths)``, its crop seeded from ``j``.
 
     Returns:
         ``{"image": (latent_channels, *crop) float32, "label": class index}``.
     """
 
-    def __init__(self, paths: Sequence[Path], labels: Sequence[int], crop: Sequence[int], seed: int):
-        self.paths, self.labels, self.crop, self.seed = list(paths), list(labels), tuple(crop), seed
+    def __init__(self, paths: Sequence[Path], labels: Sequence[int], crop: Sequence[int], seed: int, repeats: int = 1):
+        self.paths, self.labels, self.crop, self.seed, self.repeats = list(paths), list(labels), tuple(crop), seed, repeats
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.paths) * self.repeats
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
-        epoch, index = key if isinstance(key, tuple) else (0, key)
+        epoch, j = key if isinstance(key, tuple) else (0, key)
+        index = j % len(self.paths)
         z = load_latent(self.paths[index])["z_mu"]
-        rng = np.random.default_rng(item_seed(self.seed, epoch, index))
+        rng = np.random.default_rng(item_seed(self.seed, epoch, j))
         starts = [int(rng.integers(0, s - c + 1)) for s, c in zip(z.shape[1:], self.crop)]
         box = tuple(slice(a, a + c) for a, c in zip(starts, self.crop))
         return {"image": z[(slice(None), *box)].float().clone(), "label": self.labels[index]}

@@ -141,7 +141,8 @@ class LDMTrainer(Trainer):
                               f"ldm_train.latent_patch_size={list(self.cfg.ldm_train.latent_patch_size)}; lower it to at most "
                               f"{[min(s[i] for _, s in small) for i in range(self.cfg.spatial_dims)]}")
         labels = [CLASS_INDEX.get(it.get("label"), 0) for it in self.train_items]
-        self.train_ds = LatentCrops(self.train_latents, labels, self.cfg.ldm_train.latent_patch_size, self.cfg.seed)
+        self.train_ds = LatentCrops(self.train_latents, labels, self.cfg.ldm_train.latent_patch_size, self.cfg.seed,
+                                    repeats=self.cfg.patches_per_image)
 
     def _cache_settings(self) -> dict:
         v = self.vae_cfg
