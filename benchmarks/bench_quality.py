@@ -109,6 +109,10 @@ CONTENDERS_3D = {
     "tutorial": (RECIPE_3D, [*TUTORIAL_3D, *CT_PATCH], "MONAI 3d_autoencoderkl tutorial recipe"),
     "recipe": (RECIPE_3D, CT_PATCH, "medgen's recipe (configs/cbct_3d.json)"),
     "recipe_no_adv": (RECIPE_3D, [*CT_PATCH, "autoencoder_train.adv_weight=0"], "recipe without the adversarial term"),
+    "recipe_l1": (RECIPE_3D, [*CT_PATCH, "autoencoder_train.recon_loss=l1"], "recipe with an L1 instead of an L2 reconstruction loss"),
+    "recipe_uniform": (RECIPE_3D, [*CT_PATCH, "patch_min_foreground=0"], "recipe with uniform patches (no foreground redraws)"),
+    "recipe_l1_uniform": (RECIPE_3D, [*CT_PATCH, "autoencoder_train.recon_loss=l1", "patch_min_foreground=0"],
+                          "recipe with L1 and uniform patches (the first 3D recipe)"),
     "recipe_groups16": (RECIPE_3D, [*CT_PATCH, "autoencoder_def.norm_num_groups=16"],
                         "recipe with 16 GroupNorm groups (two or four channels each) instead of one"),
 }

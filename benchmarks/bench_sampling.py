@@ -244,22 +244,186 @@ def guidance(args) -> dict:
     return {"reference": reference, "results": rows}
 
 
+class TwoSampleCNN(torch.nn.Module):
+    """The classifier two-sample test's judge: four 3x3 conv blocks (16-64 channels) with max-pooling, global
+    average pooling, one logit (> 0: the second set)."""
+
+    def __init__(self):
+        super().__init__()
+        layers, c = [], 1
+        for width in (16, 32, 64, 64):
+            layers += [torch.nn.Conv2d(c, width, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2)]
+            c = width
+        self.net = torch.nn.Sequential(*layers[:-1], torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(c, 1))
+
+    def forward(self, x):
+        return self.net(x)[:, 0]
+
+
+def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion ``correct / n``."""
+    if n == 0:
+        return 0.0, 1.0
+    p = correct / n
+    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def two_sample_test(a: torch.Tensor, b: torch.Tensor, size: int = 128, epochs: int = 40, seed: int = 0) -> dict:
+    """Classifier two-sample test: a small CNN (:class:`TwoSampleCNN`) learns to tell ``a`` from ``b`` (each
+    area-resized to ``size``) on a random half of each, with left-right mirroring; its accuracy on the other
+    halves, with the 95% Wilson interval. 0.5: the sets cannot be told apart; 1.0: always."""
+    g = torch.Generator().manual_seed(seed)
+    sets = [F.interpolate(x.float(), size=(size, size), mode="area") for x in (a, b)]
+    halves = [x[torch.randperm(len(x), generator=g)] for x in sets]
+    train = [x[: len(x) // 2] for x in halves]
+    test = [x[len(x) // 2:] for x in halves]
+    x_tr, y_tr = torch.cat(train), torch.cat([torch.zeros(len(train[0])), torch.ones(len(train[1]))])
+    x_te, y_te = torch.cat(test), torch.cat([torch.zeros(len(test[0])), torch.ones(len(test[1]))])
+    torch.manual_seed(seed)
+    net = TwoSampleCNN()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3, weight_decay=1e-4)
+    weight = torch.tensor(len(train[0]) / max(len(train[1]), 1))  # balance the classes' losses
+    for _ in range(epochs):
+        order = torch.randperm(len(x_tr), generator=g)
+        for i in range(0, len(order), 16):
+            idx = order[i:i + 16]
+            x = x_tr[idx].flip(-1) if torch.rand(1, generator=g).item() < 0.5 else x_tr[idx]
+            loss = F.binary_cross_entropy_with_logits(net(x), y_tr[idx], pos_weight=weight)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        correct = int(((net(x_te) > 0).float() == y_te).sum())
+    lo, hi = wilson_interval(correct, len(y_te))
+    return {"c2st_accuracy": correct / len(y_te), "c2st_ci95": [lo, hi], "c2st_test_images": len(y_te)}
+
+
+def realism_measures(real: torch.Tensor, images: torch.Tensor, features=None, real_features=None) -> dict:
+    """``images`` against the held-out ``real`` images: histogram W1, power-spectrum distance, the set's SSIM
+    diversity, the classifier two-sample test, and FID/KID when a feature network is given."""
+    from medgen.metrics import fid, histogram_wasserstein, kid, spectrum_distance, ssim_diversity
+
+    out = {"images": len(images), "hist_wasserstein": histogram_wasserstein(real, images).item(),
+           "spectrum_distance": spectrum_distance(real, images).item(), "ssim_diversity": ssim_diversity(images).item(),
+           **two_sample_test(real, images)}
+    if features is not None:
+        fake = features(images)
+        out["fid"] = float(fid(real_features, fake))
+        out["kid"] = float(kid(real_features, fake, subset_size=min(len(fake), len(real_features)),
+                               generator=torch.Generator().manual_seed(0))[0])
+    return out
+
+
+def realism(args) -> dict:
+    """Samples of each class at each guidance scale against held-out real images, beside two references:
+    training images against the held-out ones (the floor: real against real) and the autoencoder's
+    reconstructions of the held-out images (the best the diffusion stage can reach); class fidelity by a
+    classifier trained on the held-out images; every sample's nearest training image (copy check)."""
+    from medgen.data.transforms import deterministic_transforms
+    from medgen.inference.autoencoder import reconstruct_item
+    from medgen.inference.sample import generate_ldm
+    from medgen.io import find_images
+    from medgen.metrics import FeatureExtractor, ssim_diversity
+    from medgen.metrics.copies import calibrate, nearest
+    from medgen.models.tiled import tiling_for
+
+    ldm, measures, reference = _setup(args)
+    cfg, vae_cfg = ldm[2], ldm[3]
+    size = reference["image_shape"]
+    held_paths = {name: find_images(Path(args.holdout) / name) for name in CLASSES}
+    held = torch.cat([read_images(held_paths[n], cfg.intensity_percentiles, size) for n in CLASSES])
+    held_labels = torch.tensor([k for k, n in enumerate(CLASSES) for _ in held_paths[n]])
+    train = measures.real
+    features = FeatureExtractor(args.feature_network, device=args.device) if args.feature_network else None
+    held_features = features(held) if features else None
+    g = torch.Generator().manual_seed(args.seed)
+    floor = train[torch.randperm(len(train), generator=g)[: len(held)]]
+    tiling, chain = tiling_for(vae_cfg), deterministic_transforms(vae_cfg, vae_cfg.autoencoder_train.patch_size)
+    with torch.no_grad():
+        recon = torch.stack([reconstruct_item(ldm[1], vae_cfg, p, tiling, chain).output[:1] for n in CLASSES
+                             for p in held_paths[n]])
+    if tuple(recon.shape[2:]) != tuple(size):
+        recon = F.interpolate(recon, size=tuple(size), mode="area")
+    thresholds = calibrate(measures.real_thumbs, images=list(train[:256]))
+    rows = {"held-out real (its own SSIM diversity)": {"images": len(held), "ssim_diversity": ssim_diversity(held).item()},
+            "reference: training real": realism_measures(held, floor, features, held_features),
+            "reference: autoencoder reconstructions": realism_measures(held, recon, features, held_features)}
+    samples_by_scale = {}
+    for scale in args.scales:
+        images, labels = [], []
+        for label, name in enumerate(CLASSES):
+            for batch in generate_ldm(ldm, args.count, args.seed, name, None, args.steps, args.scheduler, scale, args.batch_size):
+                images.append(batch)
+                labels += [label] * batch.shape[0]
+        samples, labels = torch.cat(images), torch.tensor(labels)
+        samples_by_scale[scale] = (samples, labels)
+        dist = nearest(list(samples), measures.real_thumbs)[0]  # as check-copies measures a sample (its probes)
+        logits = measures.classifier.logits(samples)
+        rows[f"samples, guidance {scale:g}"] = {
+            **realism_measures(held, samples, features, held_features),
+            "class_accuracy": ((logits > 0).long() == labels).double().mean().item(),
+            **{f"class_accuracy_{n}": ((logits[labels == k] > 0).long() == k).double().mean().item() for k, n in enumerate(CLASSES)},
+            "nearest_train_median": dist.median().item(), "nearest_train_min": dist.min().item(),
+            "copy_share": (dist < thresholds["threshold"]).float().mean().item()}
+        print(f"guidance {scale:g}: " + ", ".join(f"{k} {v:.3g}" for k, v in rows[f"samples, guidance {scale:g}"].items()
+                                                 if isinstance(v, float)), flush=True)
+    reference.update(holdout_images=len(held), holdout_class_accuracy_of_classifier=measures.classifier.accuracy(held, held_labels),
+                     copy_threshold=thresholds["threshold"])
+    if args.figure:
+        realism_figure(held, held_labels, samples_by_scale, measures, Path(args.figure))
+    return {"reference": reference, "results": rows}
+
+
+def realism_figure(held, held_labels, samples_by_scale, measures, path: Path, per_class: int = 4) -> None:
+    """Rows per class: held-out real images, then samples at each guidance scale; and the closest
+    sample/training pairs of the largest scale (sample left, its nearest training image right)."""
+    from PIL import Image, ImageDraw
+
+    from medgen.metrics.copies import nearest
+
+    tile = 192
+
+    def im(x):
+        a = (x[0].clamp(0, 1).numpy() * 255).astype("uint8")
+        return Image.fromarray(a).resize((tile, tile), Image.BILINEAR)
+
+    rows = []
+    for k, name in enumerate(CLASSES):
+        rows.append((f"held-out real, {name}", held[held_labels == k][:per_class]))
+        for scale, (samples, labels) in samples_by_scale.items():
+            rows.append((f"synthetic {name}, guidance {scale:g}", samples[labels == k][:per_class]))
+    samples, _ = samples_by_scale[max(samples_by_scale)]
+    dist, idx = nearest(list(samples), measures.real_thumbs)
+    order = dist.argsort()[: per_class // 2]
+    pairs = [t for i in order for t in (samples[i], measures.real[idx[i]])]
+    rows.append((f"closest pairs at guidance {max(samples_by_scale):g}: sample | nearest training image "
+                 f"(distances {', '.join(f'{dist[i]:.2f}' for i in order)})", torch.stack(pairs)))
+    sheet = Image.new("L", (per_class * tile, len(rows) * (tile + 16)), 255)
+    draw = ImageDraw.Draw(sheet)
+    for r, (label, images) in enumerate(rows):
+        draw.text((4, r * (tile + 16) + 2), label, fill=0)
+        for c, x in enumerate(images[:per_class]):
+            sheet.paste(im(x), (c * tile, r * (tile + 16) + 16))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path, optimize=True)
+
+
 def _table(result: dict, mode: str) -> str:
-    keys = ["hist_wasserstein", "spectrum_distance", "ssim_diversity", "nearest_train_median", "class_accuracy",
-            "class_logit_d", "fid", "kid"]
-    first = next(iter(result["results"].values()))
-    keys = [k for k in keys if k in first]
-    head = ["case", "s/sample"] if mode == "samplers" else ["guidance"]
+    keys = ["c2st_accuracy", "hist_wasserstein", "spectrum_distance", "ssim_diversity", "nearest_train_median",
+            "class_accuracy", "class_logit_d", "copy_share", "fid", "kid"]
+    keys = [k for k in keys if any(k in row for row in result["results"].values())]
+    head = ["case", "s/sample"] if mode == "samplers" else ["guidance" if mode == "guidance" else "set"]
     lines = [" | ".join(head + keys)]
     for name, row in result["results"].items():
         cells = [name] + ([f"{row['seconds_per_sample']:.3f}"] if mode == "samplers" else [])
-        lines.append(" | ".join(cells + [f"{row[k]:.4g}" for k in keys]))
+        lines.append(" | ".join(cells + [f"{row[k]:.4g}" if k in row else "-" for k in keys]))
     return "\n".join(lines)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("mode", choices=("samplers", "guidance"))
+    p.add_argument("mode", choices=("samplers", "guidance", "realism"))
     p.add_argument("--ddpm-checkpoint", required=True, help="a class-conditional LDM trained with ldm_train.scheduler=ddpm")
     p.add_argument("--rflow-checkpoint", help="samplers: the same model trained with ldm_train.scheduler=rflow")
     p.add_argument("--holdout", required=True, help="real images (edente/, dente/) independent of the training set, for the classifier")
@@ -270,12 +434,13 @@ def main() -> None:
     p.add_argument("--scales", type=float, nargs="+", default=[0.0, 1.0, 3.0], help="guidance: the scales compared")
     p.add_argument("--scheduler", default="ddim", help="guidance: the sampler")
     p.add_argument("--steps", type=int, default=50, help="guidance: sampling steps")
+    p.add_argument("--figure", help="realism: write the picture (real vs synthetic per class, closest pairs) here")
     p.add_argument("--feature-network", help="FID/KID features: a local file or a network of `medgen weights list`")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", help="write the results here")
     args = p.parse_args()
-    result = samplers(args) if args.mode == "samplers" else guidance(args)
+    result = {"samplers": samplers, "guidance": guidance, "realism": realism}[args.mode](args)
     result = {"benchmark": f"bench_sampling {args.mode}", "device": args.device, "threads": args.threads,
               "settings": {k: v for k, v in vars(args).items() if k not in ("json", "mode")}, **_versions(), **result}
     print(_table(result, args.mode))

@@ -167,6 +167,38 @@ def train_from_same_weights(trainers: dict, step, weights_of, n_steps: int, devi
     return after_one, after, first_step_s
 
 
+def op_category(name: str) -> str:
+    """The kind of work an aten op does: convolution (forward and backward), normalisation, or everything else
+    (elementwise losses and activations, the optimiser, copies, the framework's own overhead)."""
+    name = name.lower()
+    if "conv" in name:
+        return "convolution"
+    if "norm" in name:
+        return "normalisation"
+    return "other"
+
+
+def profile_steps(steps: dict, batch, n_steps: int) -> dict:
+    """Per step function: milliseconds per step of the host thread and how they split by :func:`op_category`
+    (self time of every op, from ``torch.profiler``), after one warm-up step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    out = {}
+    for name, fn in steps.items():
+        fn(batch)
+        start = time.perf_counter()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(n_steps):
+                fn(batch)
+        wall_ms = (time.perf_counter() - start) * 1e3 / n_steps
+        split = {"convolution": 0.0, "normalisation": 0.0, "other": 0.0}
+        for event in prof.key_averages():
+            split[op_category(event.key)] += event.self_cpu_time_total / 1e3 / n_steps
+        out[name] = {"step_ms_profiled": wall_ms, **{f"{k}_ms": v for k, v in split.items()},
+                     "convolution_share": split["convolution"] / sum(split.values())}
+    return out
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--spatial-dims", type=int, default=2, choices=(2, 3))
@@ -180,6 +212,8 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", type=Path, help="write the results here")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile the tutorial loop and medgen fp32 by kind of op (convolution, normalisation, other)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -231,6 +265,16 @@ def main(argv=None) -> dict:
         "modes": mode_figures("imgs", args.batch, step_s, first_step_s, after, args.diff_steps),
         "fp32_weights_moved_l2": moved,
     }
+    if args.profile:
+        prof = profile_steps({"tutorial": steps["tutorial"], "fp32": steps["fp32"]}, images, args.steps)
+        # What medgen's step would take if everything but its convolutions cost nothing: no rewrite of the
+        # step that keeps its math can beat the tutorial loop by more than this on this machine.
+        bound = step_s["tutorial"] * 1e3 / prof["fp32"]["convolution_ms"]
+        result["profile"] = {**prof, "fp32_ratio_bound_convolutions_only": bound}
+        for name, r in prof.items():
+            print(f"profile {name:<9} {r['step_ms_profiled']:8.1f} ms/step: convolution {r['convolution_ms']:.1f} ms "
+                  f"({100 * r['convolution_share']:.0f}%), normalisation {r['normalisation_ms']:.1f}, other {r['other_ms']:.1f}")
+        print(f"medgen fp32 with every non-convolution op free would be {bound:.2f}x the tutorial loop")
     print(f"{'step':<16}{'images/s':>10}{'x tutorial':>12}{'x fp32':>8}{'first step s':>14}{'weight diff':>13}")
     print(f"{'tutorial-style':<16}{result['baseline_imgs_per_s']:>10.2f}{1.0:>12.2f}{step_s['fp32'] / base_s:>8.2f}")
     for mode, r in result["modes"].items():

@@ -372,3 +372,47 @@ def test_latent_crops_take_patches_per_image_as_the_image_datasets_do(tmp_path):
     assert [c["label"] for c in crops] == [0, 1, 0, 1, 0, 1]
     assert torch.equal(crops[1]["image"], once[(0, 1)]["image"])  # the first repeat is the crop without repeats
     assert not torch.equal(crops[0]["image"], crops[2]["image"]) and not torch.equal(crops[2]["image"], crops[4]["image"])
+
+
+def _sparse_images(folder: Path, count: int = 3) -> Path:
+    """48x48 PNG images, black but for one bright 10x10 square each: mostly empty, like a thresholded angiogram."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (folder / "edente").mkdir(parents=True)
+    for k in range(count):
+        a = np.zeros((48, 48), np.uint8)
+        y, x = rng.integers(0, 38, size=2)
+        a[y:y + 10, x:x + 10] = 200 + k
+        a[0, 0] = 255  # the window's top (percentile 99.5 would otherwise be the square itself)
+        Image.fromarray(a).save(folder / "edente" / f"img_{k}.png")
+    return folder
+
+
+@pytest.mark.parametrize("cache", ["none", "disk"])
+def test_patch_min_foreground_redraws_empty_patches(tmp_path, cache):
+    data = _sparse_images(tmp_path / "data")
+    items = [{"image": str(p), "label": "x"} for p in find_images(data)]
+    sets = [*TINY, f"data_base_dir={data}", f"run_dir={tmp_path / 'run'}", "autoencoder_train.patch_size=[12,12]",
+            f"cache={cache}", "patches_per_image=20"]
+
+    def shares(extra):
+        ds = build_dataset(load_config("vae_config.json", [*sets, *extra]), items, (12, 12), train=True)
+        return np.array([float((ds[(0, j)]["image"] > 0.05).float().mean()) for j in range(len(ds))])
+
+    uniform, redrawn = shares([]), shares(["patch_min_foreground=0.2"])
+    # a 12x12 crop of a 48x48 image holds a fifth of the square in about one uniform draw of ten (p), so ten draws
+    # reach it about 1 - (1 - p)^10 of the time; the others keep the draw with the most of the square
+    p = (uniform >= 0.2).mean()
+    assert p < 0.25 and (redrawn >= 0.2).mean() > min(0.6, 1 - (1 - p) ** 10 - 0.15)
+    assert redrawn.mean() > 3 * uniform.mean()
+    assert np.array_equal(redrawn, shares(["patch_min_foreground=0.2"]))  # the same seed, the same patches
+
+
+def test_patch_min_foreground_patches_are_the_same_cached_or_not(demo3d, tmp_path):
+    items, plain, cached = _pair(tmp_path, demo3d, 3, (8, 8, 8), ["patch_min_foreground=0.6"])
+    reference, dataset = build_dataset(plain, items, (8, 8, 8), train=True), build_dataset(cached, items, (8, 8, 8), train=True)
+    for i in range(len(items)):
+        assert torch.equal(torch.as_tensor(reference[(1, i)]["image"]), dataset[(1, i)]["image"]), i
+    with pytest.raises(Exception, match="patch_min_foreground=1.5 must be a share"):
+        load_config("vae_config.json", [*TINY, "patch_min_foreground=1.5"])

@@ -33,9 +33,14 @@ def step_clock(monkeypatch):
 def _tb_scalars(run, tag):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    # A resumed run writes a second event file. Both names hold the second they were opened and then a per-process
+    # writer count, so two runs of one test process within one second sort "...10" before "...9", and TensorBoard's
+    # loader, reading them in that order, would drop the data of the older file (its steps are earlier): keep every
+    # event and order them by the time they were written.
+    acc = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0}, purge_orphaned_data=False)
     acc.Reload()
-    return [(e.step, e.value) for e in acc.Scalars(tag)] if tag in acc.Tags()["scalars"] else []
+    events = sorted(acc.Scalars(tag), key=lambda e: e.wall_time) if tag in acc.Tags()["scalars"] else []
+    return [(e.step, e.value) for e in events]
 
 
 def _train(demo, run, *extra):

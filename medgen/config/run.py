@@ -65,6 +65,10 @@ class RunConfig:
     # random patches cut from each training image per epoch: large volumes (a CBCT, 512^3) hold many patches, and
     # one per epoch would make an epoch (its validation, its checkpoint) a single step (crop mode only)
     patches_per_image: int = 1
+    # crop mode: redraw a training patch (up to 10 draws) until at least this share of it is foreground (windowed
+    # value above 0.05), else keep the draw with the most; sparse volumes (a thresholded CT) are mostly empty
+    # patches otherwise. 0: uniform crops
+    patch_min_foreground: float = 0.0
     skip_bad_files: bool = False  # train on the usable files and list the others in run_dir, instead of stopping
     scan_workers: int = 2  # processes reading files in the pre-training data check (0: serial)
     # --- run ---
@@ -96,6 +100,9 @@ class RunConfig:
         if self.patches_per_image > 1 and self.patch_mode != "crop":
             raise ConfigError(f"patches_per_image={self.patches_per_image} needs patch_mode=crop (resize mode gives one "
                               "whole resized image per item); set patches_per_image=1")
+        if not 0.0 <= self.patch_min_foreground < 1.0:
+            raise ConfigError(f"patch_min_foreground={self.patch_min_foreground} must be a share in [0, 1), e.g. 0.05 "
+                              "(0: uniform crops)")
         if self.max_time is not None:
             duration_seconds(self.max_time, "max_time")
 

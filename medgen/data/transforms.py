@@ -41,6 +41,10 @@ from medgen.io.image import Pixels
 from medgen.io.reader import read_pixels
 
 UNIT_RANGE = (0.0, 1.0)  # the window maps to this range (clipped)
+# patch_min_foreground: a pixel above this windowed value is foreground (anatomy, not the black surround), and a
+# training crop is drawn up to FOREGROUND_DRAWS times until enough of it is
+FOREGROUND_LEVEL = 0.05
+FOREGROUND_DRAWS = 10
 
 
 class LoadDentalImaged(MapTransform):
@@ -142,11 +146,51 @@ def augment_transforms(cfg: RunConfig, patch_size: Sequence[int], keys: str = "i
     ]
 
 
+def foreground_share(patch: torch.Tensor) -> float:
+    """The share of a windowed patch's pixels above :data:`FOREGROUND_LEVEL`."""
+    return float((torch.as_tensor(patch) > FOREGROUND_LEVEL).float().mean())
+
+
+class RandForegroundCropd(RandSpatialCropd):
+    """``RandSpatialCropd`` of ``roi_size`` that redraws the crop (up to :data:`FOREGROUND_DRAWS` draws) until at
+    least ``min_foreground`` of the first key's patch is foreground (:func:`foreground_share`), keeping the draw
+    with the most foreground when none reaches it. ``min_foreground=0``: one draw, exactly ``RandSpatialCropd``.
+
+    Sparse images are why: a thresholded CT angiogram is about 96% zeros, and uniform crops of it teach the
+    autoencoder mostly the empty background. Every draw comes from the transform's own random state, so the patch
+    depends only on the item's seed, as a plain crop does.
+    """
+
+    def __init__(self, keys: KeysCollection, roi_size: Sequence[int], min_foreground: float = 0.0,
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, roi_size=roi_size, random_size=False, allow_missing_keys=allow_missing_keys)
+        self.min_foreground = min_foreground
+
+    def cut(self, d: dict) -> dict:
+        """One draw: the crop's position from the random state, every key cut there (``RandSpatialCropd``)."""
+        return super().__call__(d, lazy=False)
+
+    def __call__(self, data: Mapping[Hashable, object], lazy: bool | None = None) -> dict:
+        d = dict(data)
+        if self.min_foreground <= 0:
+            return self.cut(d)
+        best, best_share = None, -1.0
+        for _ in range(FOREGROUND_DRAWS):
+            out = self.cut(d)
+            share = foreground_share(out[self.first_key(out)])
+            if share > best_share:
+                best, best_share = out, share
+            if share >= self.min_foreground:
+                break
+        return best
+
+
 def random_transforms(cfg: RunConfig, patch_size: Sequence[int], keys: str = "image") -> list:
-    """Random crop to ``patch_size`` and, when ``augment`` is on, radiograph-safe augmentation."""
+    """Random crop to ``patch_size`` (redrawn towards foreground with ``patch_min_foreground``) and, when
+    ``augment`` is on, radiograph-safe augmentation."""
     chain = []
     if cfg.patch_mode == "crop":
-        chain.append(RandSpatialCropd(keys, roi_size=tuple(patch_size), random_size=False))
+        chain.append(RandForegroundCropd(keys, tuple(patch_size), cfg.patch_min_foreground))
     return chain + augment_transforms(cfg, patch_size, keys) + [EnsureTyped(keys, dtype=torch.float32, track_meta=False)]
 
 
@@ -241,21 +285,18 @@ def _padded_shape(image: DecodedImage, patch_size: Sequence[int]) -> tuple[int, 
     return tuple(max(n, p) for n, p in zip(image.pixels.values.shape, patch_size))
 
 
-class RandCropDecodedd(RandSpatialCropd):
-    """``RandSpatialCropd`` of ``roi_size`` on a :class:`DecodedImage` as :func:`deterministic_transforms` would have
-    windowed and padded it, reading only the patch: the same random draws (it is a ``RandSpatialCropd``, seeded
-    the same way by ``Compose``), the same patch."""
+class RandCropDecodedd(RandForegroundCropd):
+    """:class:`RandForegroundCropd` of ``roi_size`` on a :class:`DecodedImage` as :func:`deterministic_transforms`
+    would have windowed and padded it, reading only the patch of each draw: the same random draws (seeded the same
+    way by ``Compose``), the same patch."""
 
-    def __init__(self, keys: KeysCollection, roi_size: Sequence[int], allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, roi_size=roi_size, random_size=False, allow_missing_keys=allow_missing_keys)
-
-    def __call__(self, data: Mapping[Hashable, object], lazy: bool | None = None) -> dict:
-        d = dict(data)
+    def cut(self, d: dict) -> dict:
         roi = self.cropper.roi_size
         self.randomize(_padded_shape(d[self.first_key(d)], roi))
-        for key in self.key_iterator(d):
-            d[key] = decoded_patch(d[key], roi, self.cropper._slices)
-        return d
+        out = dict(d)
+        for key in self.key_iterator(out):
+            out[key] = decoded_patch(out[key], roi, self.cropper._slices)
+        return out
 
 
 class CropDecodedd(MapTransform):
@@ -279,7 +320,8 @@ class CropDecodedd(MapTransform):
 
 def cached_train_transforms(cfg: RunConfig, patch_size: Sequence[int], keys: str = "image") -> Compose:
     """:func:`train_transforms` on a :class:`DecodedImage`: the same patches from the same random state."""
-    first = RandCropDecodedd(keys, patch_size) if cfg.patch_mode == "crop" else CropDecodedd(keys, None)
+    first = (RandCropDecodedd(keys, patch_size, cfg.patch_min_foreground) if cfg.patch_mode == "crop"
+             else CropDecodedd(keys, None))
     return Compose([first, *augment_transforms(cfg, patch_size, keys), EnsureTyped(keys, dtype=torch.float32, track_meta=False)])
 
 
