@@ -164,6 +164,21 @@ def train_wgan(argv: list[str]) -> int:
     return main(["train-wgan", *argv])
 
 
+def tb_scalars(run: Path, tag: str) -> list[tuple[int, float]]:
+    """``(step, value)`` of every ``tag`` scalar in ``run/tensorboard``, in the order they were written.
+
+    A resumed run writes a second event file. Both names hold the second they were opened, then a per-process
+    writer count, so two runs of one test process within one second sort "...10" before "...9", and TensorBoard's
+    loader, reading them in that order, drops the data of the older file (its steps are earlier): keep every event
+    and order them by the time they were written."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0}, purge_orphaned_data=False)
+    acc.Reload()
+    events = sorted(acc.Scalars(tag), key=lambda e: e.wall_time) if tag in acc.Tags()["scalars"] else []
+    return [(e.step, e.value) for e in events]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

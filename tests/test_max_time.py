@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from conftest import TINY, torchrun, train_vae
+from conftest import TINY, tb_scalars, torchrun, train_vae
 from medgen.config import ConfigError, load_config
 from medgen.io.checkpoint import load_checkpoint
 from medgen.training import base, vae
@@ -30,19 +30,6 @@ def step_clock(monkeypatch):
     monkeypatch.setattr(base, "monotonic", lambda: now[0])
 
 
-def _tb_scalars(run, tag):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    # A resumed run writes a second event file. Both names hold the second they were opened and then a per-process
-    # writer count, so two runs of one test process within one second sort "...10" before "...9", and TensorBoard's
-    # loader, reading them in that order, would drop the data of the older file (its steps are earlier): keep every
-    # event and order them by the time they were written.
-    acc = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0}, purge_orphaned_data=False)
-    acc.Reload()
-    events = sorted(acc.Scalars(tag), key=lambda e: e.wall_time) if tag in acc.Tags()["scalars"] else []
-    return [(e.step, e.value) for e in events]
-
-
 def _train(demo, run, *extra):
     sets = [*TINY, f"data_base_dir={demo}", f"run_dir={run}", "autoencoder_train.max_epochs=100", *extra]
     return train_vae(["vae_config.json", *[f"--set={o}" for o in sets]])
@@ -58,14 +45,14 @@ def test_max_time_stops_mid_epoch_with_checkpoints_and_a_final_validation(demo2d
     assert last["train_time"] == pytest.approx(7.0)
     assert (run / "checkpoints" / "best.pt").is_file()
     # the final validation ran at the step the run stopped at (the previous one ended the first epoch)
-    assert [s for s, _ in _tb_scalars(run, "val/psnr")] == [4, 7]
+    assert [s for s, _ in tb_scalars(run, "val/psnr")] == [4, 7]
     assert "max_time=00:00:07 reached at epoch 2 step 3" in caplog.text
 
     # resumed with a longer budget, it trains only what is left of it: 12 - 7 = 5 steps
     assert _train(demo2d, run, "max_time=00:00:12", "resume_ckpt=true") == 0
     resumed = load_checkpoint(run / "checkpoints" / "last.pt")
     assert resumed["global_step"] == 12 and resumed["train_time"] == pytest.approx(12.0)
-    assert [s for s, _ in _tb_scalars(run, "val/psnr")][-1] == 12
+    assert [s for s, _ in tb_scalars(run, "val/psnr")][-1] == 12
 
     # the budget spent, a resume says so and trains nothing
     caplog.clear()
@@ -78,7 +65,7 @@ def test_warmup_cosine_rises_then_decays_over_max_time(demo2d, tmp_path, step_cl
     run = tmp_path / "run"
     assert _train(demo2d, run, "max_time=00:00:10", "autoencoder_train.lr_scheduler=warmup_cosine",
                   "autoencoder_train.lr_warmup_steps=3") == 0
-    lrs = [v for _, v in _tb_scalars(run, "lr/generator")]  # logged after each step (log_interval=1)
+    lrs = [v for _, v in tb_scalars(run, "lr/generator")]  # logged after each step (log_interval=1)
     assert len(lrs) == 10
     assert lrs[0] == pytest.approx(1e-4 / 3) and lrs[2] == pytest.approx(1e-4 * warmup_cosine(2, 3, 2 / 10))
     assert all(a > b for a, b in zip(lrs[2:], lrs[3:]))  # decays after the warm-up, towards 0 at the budget

@@ -158,7 +158,9 @@ class RandForegroundCropd(RandSpatialCropd):
 
     Sparse images are why: a thresholded CT angiogram is about 96% zeros, and uniform crops of it teach the
     autoencoder mostly the empty background. Every draw comes from the transform's own random state, so the patch
-    depends only on the item's seed, as a plain crop does.
+    depends only on the item's seed, as a plain crop does. MONAI's ``RandCropByPosNegLabeld`` and
+    ``RandWeightedCropd`` choose centres from a label or weight map of the whole image; this one needs only the
+    patches, so the cached path (:class:`RandCropDecodedd`) still reads no more of a large volume than the draws.
     """
 
     def __init__(self, keys: KeysCollection, roi_size: Sequence[int], min_foreground: float = 0.0,
