@@ -45,13 +45,13 @@ demo: $(STAMP)
 # class (DDIM 50 steps, guidance 3) as PNG and the copy check of each class against the training images.
 DEMO_LDM_RUN ?= runs/demo_ldm
 DEMO_SAMPLES ?= samples/demo_ldm
-DEMO_LDM_EPOCHS ?= 150
+DEMO_LDM_EPOCHS ?= 250
 DEMO_LDM_SET := --set data_base_dir=$(DEMO_DIR) --set run_dir=$(DEMO_LDM_RUN) \
 	--set autoencoder_checkpoint=$(DEMO_RUN)/checkpoints/best.pt \
 	--set diffusion_def.channels=[16,32,32] --set diffusion_def.attention_levels=[false,false,true] \
 	--set diffusion_def.num_res_blocks=1 --set diffusion_def.num_head_channels=16 --set diffusion_def.norm_num_groups=8 \
 	--set ldm_train.latent_patch_size=[48,48] --set ldm_train.batch_size=8 --set patches_per_image=4 \
-	--set ldm_train.max_epochs=$(DEMO_LDM_EPOCHS) --set ldm_train.lr=1e-3 --set ldm_train.lr_scheduler=cosine \
+	--set ldm_train.max_epochs=$(DEMO_LDM_EPOCHS) --set ldm_train.lr=5e-4 --set ldm_train.lr_scheduler=cosine \
 	--set ldm_train.ema_decay=0.995 --set ldm_train.num_inference_steps=50 --set ldm_train.val_interval=50 \
 	--set checkpoint_interval=10 --set num_workers=0 --set log_interval=20
 
