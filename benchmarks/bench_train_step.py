@@ -192,10 +192,15 @@ def profile_steps(steps: dict, batch, n_steps: int) -> dict:
                 fn(batch)
         wall_ms = (time.perf_counter() - start) * 1e3 / n_steps
         split = {"convolution": 0.0, "normalisation": 0.0, "other": 0.0}
+        other = {}
         for event in prof.key_averages():
-            split[op_category(event.key)] += event.self_cpu_time_total / 1e3 / n_steps
+            ms = event.self_cpu_time_total / 1e3 / n_steps
+            split[op_category(event.key)] += ms
+            if op_category(event.key) == "other":
+                other[event.key] = ms
+        top = dict(sorted(other.items(), key=lambda kv: -kv[1])[:8])
         out[name] = {"step_ms_profiled": wall_ms, **{f"{k}_ms": v for k, v in split.items()},
-                     "convolution_share": split["convolution"] / sum(split.values())}
+                     "convolution_share": split["convolution"] / sum(split.values()), "largest_other_ops_ms": top}
     return out
 
 
@@ -274,6 +279,7 @@ def main(argv=None) -> dict:
         for name, r in prof.items():
             print(f"profile {name:<9} {r['step_ms_profiled']:8.1f} ms/step: convolution {r['convolution_ms']:.1f} ms "
                   f"({100 * r['convolution_share']:.0f}%), normalisation {r['normalisation_ms']:.1f}, other {r['other_ms']:.1f}")
+            print("  largest other ops (ms/step): " + ", ".join(f"{k} {v:.1f}" for k, v in r["largest_other_ops_ms"].items()))
         print(f"medgen fp32 with every non-convolution op free would be {bound:.2f}x the tutorial loop")
     print(f"{'step':<16}{'images/s':>10}{'x tutorial':>12}{'x fp32':>8}{'first step s':>14}{'weight diff':>13}")
     print(f"{'tutorial-style':<16}{result['baseline_imgs_per_s']:>10.2f}{1.0:>12.2f}{step_s['fp32'] / base_s:>8.2f}")

@@ -79,3 +79,16 @@ def test_a_class_folder_of_unreadable_files_never_gets_the_demo_data_hint(tmp_pa
     with pytest.raises(ConfigError, match="holds files but none medgen reads as an image; `medgen check-data") as err:
         discover_items(cfg)
     assert "demo-data" not in str(err.value)
+
+
+def test_relative_names_of_linked_subsets_and_of_items_outside_the_base(tmp_path):
+    from medgen.io.discovery import relative_name
+
+    (tmp_path / "all" / "dente").mkdir(parents=True)
+    (tmp_path / "all" / "dente" / "a.png").write_bytes(b"")
+    (tmp_path / "subset" / "dente").mkdir(parents=True)
+    (tmp_path / "subset" / "dente" / "a.png").symlink_to(tmp_path / "all" / "dente" / "a.png")
+    assert relative_name(tmp_path / "subset" / "dente" / "a.png", tmp_path / "subset") == "dente/a.png"
+    assert relative_name(tmp_path / "all" / "dente" / "a.png", tmp_path / "subset") == "../all/dente/a.png"
+    (tmp_path / "linked_base").symlink_to(tmp_path / "all")  # a base given by a link, items by their real paths
+    assert relative_name(tmp_path / "all" / "dente" / "a.png", tmp_path / "linked_base") == "dente/a.png"

@@ -208,3 +208,21 @@ def test_copies_among_the_validation_samples_are_logged_warned_about_and_can_sto
     acc = EventAccumulator(str(run / "tensorboard"))
     acc.Reload()
     assert [e.value for e in acc.Scalars("val/copy_share")] == [1.0]
+
+
+def test_best_checkpoint_is_the_lowest_validation_loss_also_after_resume(demo2d, vae2d, tmp_path, monkeypatch):
+    """best.pt follows the lowest val/loss (the held-out diffusion loss rises when a small set is memorised), and a
+    resumed run compares against the best loss its checkpoint holds, not against a fresh start."""
+    from medgen.training.ldm import LDMTrainer
+
+    losses = {1: 0.5, 2: 0.3, 3: 0.4, 4: 0.35, 5: 0.2}
+    monkeypatch.setattr(LDMTrainer, "validate", lambda self: {"loss": losses[self.epoch]})
+    run = tmp_path / "run"
+    assert train_ldm(["ldm_config.json", *sets(demo2d, run, vae2d, "ldm_train.max_epochs=3")]) == 0
+    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert (best["epoch"], best["best_loss"]) == (2, 0.3)
+    assert train_ldm(["ldm_config.json", *sets(demo2d, run, vae2d, "ldm_train.max_epochs=4", "resume_ckpt=true")]) == 0
+    assert load_checkpoint(run / "checkpoints" / "best.pt")["epoch"] == 2  # 0.35 after resuming is not better
+    assert train_ldm(["ldm_config.json", *sets(demo2d, run, vae2d, "ldm_train.max_epochs=5", "resume_ckpt=true")]) == 0
+    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert (best["epoch"], best["best_loss"]) == (5, 0.2)

@@ -259,9 +259,11 @@ def item_signature(path: str | os.PathLike) -> str | None:
 
 def relative_name(path: str | os.PathLike, base: str | os.PathLike) -> str:
     """An item's name relative to ``base`` (POSIX separators) for reports, logs and output files: a path the
-    user chose, never a header value. Items outside ``base`` are named by ``..`` steps."""
-    path, base = Path(path).resolve(), Path(base).resolve()
-    try:
-        return path.relative_to(base).as_posix()
-    except ValueError:  # e.g. a val_dir outside data_base_dir
-        return Path(os.path.relpath(path, base)).as_posix()
+    user chose, never a header value. Items outside ``base`` are named by ``..`` steps. A link inside ``base``
+    (a subset of a data set made of symbolic links) is named where it is, not where it points."""
+    for p, b in ((Path(os.path.abspath(path)), Path(os.path.abspath(base))), (Path(path).resolve(), Path(base).resolve())):
+        try:
+            return p.relative_to(b).as_posix()
+        except ValueError:
+            pass
+    return Path(os.path.relpath(Path(path).resolve(), Path(base).resolve())).as_posix()  # e.g. a val_dir outside data_base_dir

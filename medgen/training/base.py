@@ -190,8 +190,10 @@ class Trainer:
     resume_keys: ClassVar[tuple[str, ...]] = ()
     #: the method's name in the log
     method_name: ClassVar[str] = ""
-    #: validation measure (higher is better) whose best value writes ``best.pt``; None: no ``best.pt``
+    #: validation measure whose best value writes ``best.pt``; None: no ``best.pt``
     best_metric: ClassVar[str | None] = None
+    #: True when the lower ``best_metric`` is the better (a loss), False when the higher (PSNR)
+    best_lower: ClassVar[bool] = False
 
     def __init__(self, cfg, dist_info: DistInfo | None = None, train_items: Sequence[dict] | None = None,
                  val_items: Sequence[dict] | None = None):
@@ -600,8 +602,8 @@ class Trainer:
                 for name, value in metrics.items():
                     self.writer.add_scalar(f"val/{name}", value, self.global_step)
         best = metrics.get(self.best_metric) if self.best_metric else None
-        if best is not None and best > self.best_value:  # every rank holds the reduced measure
-            self.best_value = best
+        if best is not None and self._best_sign * best > self.best_value:  # every rank holds the reduced measure
+            self.best_value = self._best_sign * best
             self.save("best.pt")
         return metrics
 
@@ -690,8 +692,13 @@ class Trainer:
         state = dict(epoch=self.epoch, step_in_epoch=self.step_in_epoch, global_step=self.global_step,
                      train_time=self.elapsed_time, world_size=self.dist.world_size, config=to_dict(self.cfg))
         if self.best_metric:
-            state[f"best_{self.best_metric}"] = self.best_value
+            state[f"best_{self.best_metric}"] = self._best_sign * self.best_value
         return state
+
+    @property
+    def _best_sign(self) -> float:
+        """``best_value`` holds the measure times this, so that higher is always better inside."""
+        return -1.0 if self.best_lower else 1.0
 
     def save(self, name: str = "last.pt") -> None:
         """``run_dir/checkpoints/<name>`` (see :meth:`medgen.training.checkpointer.Checkpointer.save`)."""
@@ -709,7 +716,7 @@ class Trainer:
         self.step_in_epoch = int(ckpt.get("step_in_epoch", 0))
         self.train_time = float(ckpt.get("train_time", 0.0))
         if self.best_metric:
-            self.best_value = float(ckpt.get(f"best_{self.best_metric}", -math.inf))
+            self.best_value = self._best_sign * float(ckpt.get(f"best_{self.best_metric}", self._best_sign * -math.inf))
         self._apply_config_lr()
         changed = changed_settings(ckpt.get("config") or {}, now)
         if changed and self.dist.is_main:
