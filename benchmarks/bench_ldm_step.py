@@ -81,6 +81,8 @@ def main(argv=None) -> dict:
     p.add_argument("--steps", type=int, default=5, help="steps per round")
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--diff-steps", type=int, default=5)
+    p.add_argument("--ema-decay", default="0.999",
+                   help="medgen's EMA of the UNet (the shipped 0.999); 'null': none, the tutorials' math exactly")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", type=Path, help="write the results here")
     args = p.parse_args(argv)
@@ -95,7 +97,7 @@ def main(argv=None) -> dict:
                  f"diffusion_def.num_head_channels={min(16, json.loads(args.channels)[-1])}",
                  f"diffusion_def.norm_num_groups={min(16, json.loads(args.channels)[0])}",
                  f"ldm_train.latent_patch_size={[args.latent_size] * n}", f"ldm_train.batch_size={args.batch}",
-                 "ldm_train.grad_clip=null"]  # the tutorials do not clip
+                 "ldm_train.grad_clip=null", f"ldm_train.ema_decay={args.ema_decay}"]  # the tutorials do not clip
     trainers = {}
     for mode in modes:
         cfg = load_config(ROOT / "ldm_config.json", [*overrides, *MODES[mode]])

@@ -1,22 +1,32 @@
 #!/usr/bin/env bash
-# The GPU check: on a GPU machine, in under 8 minutes, it runs
-#   1. the training-step benchmarks (VAE-GAN and latent diffusion: fp32, bf16, compile against the tutorial loops),
+# The GPU check: on a GPU machine, in about 5 minutes (10 with --compile), it runs
+#   1. the training-step benchmarks, VAE-GAN and latent diffusion against the tutorial loops, fp32 and bf16, at
+#      the shipped batch (8: a few milliseconds of small kernels a step, where queueing them decides the rate)
+#      and at a batch that fills the GPU (VAE-GAN 256² x 32, LDM 64 latents), where bf16's tensor cores show,
 #   2. a 1-GPU torchrun DDP training run with nccl on demo data,
 #   3. the host-sync test with torch.cuda.set_sync_debug_mode("error") around every step,
 #   4. tiled reconstruct of a 2943x1435 image with its peak GPU memory,
-# and writes one JSON per part under benchmarks/results/ (*_cuda.json) plus gpu_check_cuda.json (what passed).
+#   5. with --compile, the compiled steps (compile, compile + bf16) of both benchmarks at the shipped batch,
+# and writes one JSON per part under benchmarks/results/ (*_cuda.json) plus gpu_check_cuda.json (exit code and
+# seconds of each part, rewritten after every part, so that a run stopped half way still says what it did).
 #
-#   benchmarks/gpu_check.sh            # on a GPU machine, from anywhere
-#   benchmarks/gpu_check.sh --dry-run  # (also without a GPU) everything end to end on the CPU at tiny sizes, the
-#                                      # GPU-only settings (nccl, sync debug mode, CUDA memory) left out; results go
-#                                      # to $OUT_DIR (default: a new temporary folder), never over the recorded ones
+#   benchmarks/gpu_check.sh [--compile]  # on a GPU machine, from anywhere
+#   benchmarks/gpu_check.sh --dry-run    # (also without a GPU) parts 1-4 end to end on the CPU at tiny sizes, the
+#                                        # GPU-only settings (nccl, sync debug mode, CUDA memory) left out; results
+#                                        # go to $OUT_DIR (default: a new temporary folder), never over the recorded ones
 # PYTHON names the interpreter (default: python).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-DRY=0
-[[ "${1:-}" == "--dry-run" ]] && DRY=1
+DRY=0; COMPILE=0
+for arg in "$@"; do
+    case $arg in
+        --dry-run) DRY=1 ;;
+        --compile) COMPILE=1 ;;
+        *) echo "gpu_check: unknown option $arg (options: --dry-run, --compile)" >&2; exit 2 ;;
+    esac
+done
 if [[ $DRY == 0 ]] && ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     echo "gpu_check: no GPU here; running the dry mode" >&2
     DRY=1
@@ -28,30 +38,54 @@ if [[ $DRY == 1 ]]; then
     DDP_SETS=(--set backend=gloo --set autoencoder_train.patch_size=[32,32] --set autoencoder_def.channels=[8,16]
               --set autoencoder_def.norm_num_groups=4 --set autoencoder_def.attention_levels=[false,true]
               --set discriminator_def.channels=8 --set autoencoder_train.perceptual_weight=0)
+    VAE_LARGE=(); LDM_LARGE=()
     SYNC_K="vae and not clip"; TILED_SHAPE=64x96; PART_TIMEOUT=300; DEMO_COUNT=4; EPOCHS=1
 else
     DEV=cuda; TAG=cuda; OUT=${OUT_DIR:-benchmarks/results}
-    VAE_ARGS=(--size 128 --batch 8 --channels [64,128,128] --steps 10 --rounds 3 --diff-steps 5 --modes fp32,bf16,compile)
-    LDM_ARGS=(--latent-size 64 --batch 8 --channels [128,256,256] --steps 10 --rounds 3 --diff-steps 5 --modes fp32,bf16,compile)
+    VAE_ARGS=(--size 128 --batch 8 --channels [64,128,128] --steps 20 --rounds 4 --diff-steps 5 --modes fp32,bf16)
+    LDM_ARGS=(--latent-size 64 --batch 8 --channels [128,256,256] --steps 20 --rounds 4 --diff-steps 5 --modes fp32,bf16)
     DDP_SETS=(--set backend=nccl --set autoencoder_train.patch_size=[128,128] --set autoencoder_train.perceptual_weight=0)
-    SYNC_K=""; TILED_SHAPE=1435x2943; PART_TIMEOUT=150; DEMO_COUNT=16; EPOCHS=2
+    VAE_LARGE=(--size 256 --batch 32 --channels [64,128,128] --steps 10 --rounds 3 --diff-steps 3 --modes fp32,bf16)
+    LDM_LARGE=(--latent-size 64 --batch 64 --channels [128,256,256] --steps 10 --rounds 3 --diff-steps 3 --modes fp32,bf16)
+    SYNC_K=""; TILED_SHAPE=1435x2943; PART_TIMEOUT=120; DEMO_COUNT=16; EPOCHS=2
 fi
 mkdir -p "$OUT"
 WORK=$(mktemp -d)
 declare -A STATUS
 
+PARTS=()
+summary() {  # gpu_check_$TAG.json: what ran so far
+    {
+        echo "{\"device\": \"$DEV\", \"dry_run\": $([[ $DRY == 1 ]] && echo true || echo false), \"seconds\": $SECONDS, \"parts\": {"
+        local first=1 name
+        for name in "${PARTS[@]}"; do
+            [[ $first == 1 ]] || echo ","
+            first=0
+            echo -n "  \"$name\": ${STATUS[$name]}"
+        done
+        echo ""
+        echo "}}"
+    } > "$OUT/gpu_check_$TAG.json"
+}
+
 part() {  # part NAME COMMAND...: run it under the time limit, record ok / failed (exit code)
     local name=$1; shift
     local start=$SECONDS
     echo "== $name: $*" >&2
-    timeout "$PART_TIMEOUT" "$@"
+    timeout "${LIMIT:-$PART_TIMEOUT}" "$@"
     local rc=$?
+    PARTS+=("$name")
     STATUS[$name]="{\"exit_code\": $rc, \"seconds\": $((SECONDS - start))}"
     echo "== $name: exit $rc in $((SECONDS - start)) s" >&2
+    summary
 }
 
 part vae_step "$PY" benchmarks/bench_train_step.py --device "$DEV" "${VAE_ARGS[@]}" --json "$OUT/train_step_$TAG.json"
 part ldm_step "$PY" benchmarks/bench_ldm_step.py --device "$DEV" "${LDM_ARGS[@]}" --json "$OUT/ldm_step_$TAG.json"
+if [[ $DRY == 0 ]]; then
+    part vae_step_large "$PY" benchmarks/bench_train_step.py --device "$DEV" "${VAE_LARGE[@]}" --json "$OUT/train_step_large_$TAG.json"
+    part ldm_step_large "$PY" benchmarks/bench_ldm_step.py --device "$DEV" "${LDM_LARGE[@]}" --json "$OUT/ldm_step_large_$TAG.json"
+fi
 
 "$PY" -c "import sys; from medgen.cli import main; sys.exit(main(sys.argv[1:]))" demo-data "$WORK/demo" --spatial-dims 2 \
     --count "$DEMO_COUNT" --size 160 --seed 0 >/dev/null
@@ -65,22 +99,17 @@ else
     part host_syncs env MEDGEN_SYNC_DEVICE=cuda "$PY" -m pytest -q -p no:cacheprovider tests/test_host_syncs.py
 fi
 
-part tiled_reconstruct "$PY" benchmarks/bench_tiled.py --device "$DEV" --only 2d --shapes "$TILED_SHAPE" \
+LIMIT=180 part tiled_reconstruct "$PY" benchmarks/bench_tiled.py --device "$DEV" --only 2d --shapes "$TILED_SHAPE" \
     --whole-timeout 60 --timeout 120 --json "$OUT/tiled_check_$TAG.json"
 
-{
-    echo "{\"device\": \"$DEV\", \"dry_run\": $([[ $DRY == 1 ]] && echo true || echo false), \"seconds\": $SECONDS, \"parts\": {"
-    first=1
-    for name in vae_step ldm_step ddp_1gpu host_syncs tiled_reconstruct; do
-        [[ $first == 1 ]] || echo ","
-        first=0
-        echo -n "  \"$name\": ${STATUS[$name]}"
-    done
-    echo ""
-    echo "}}"
-} > "$OUT/gpu_check_$TAG.json"
+if [[ $DRY == 0 && $COMPILE == 1 ]]; then  # compiling takes longest: last, against the same fp32 and tutorial steps
+    LIMIT=200 part vae_compile "$PY" benchmarks/bench_train_step.py --device "$DEV" "${VAE_ARGS[@]}" \
+        --modes fp32,compile,compile_bf16 --json "$OUT/train_step_compile_$TAG.json"
+    LIMIT=200 part ldm_compile "$PY" benchmarks/bench_ldm_step.py --device "$DEV" "${LDM_ARGS[@]}" \
+        --modes fp32,compile,compile_bf16 --json "$OUT/ldm_step_compile_$TAG.json"
+fi
 rm -rf "$WORK"
 echo "gpu_check: results in $OUT (gpu_check_$TAG.json: exit code and seconds per part)" >&2
-for name in "${!STATUS[@]}"; do
+for name in "${PARTS[@]}"; do
     [[ ${STATUS[$name]} == '{"exit_code": 0,'* ]] || { echo "gpu_check: $name failed" >&2; exit 1; }
 done

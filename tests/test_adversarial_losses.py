@@ -247,3 +247,16 @@ def test_feature_matching_loss():
     assert feature_matching_loss(real, real.clone()).item() == 0.0
     with pytest.raises(ValueError, match="feature sizes differ"):
         feature_matching_loss(torch.randn(2, 3), torch.randn(2, 4))
+
+
+@pytest.mark.parametrize("criterion", ["least_squares", "bce", "hinge"])
+def test_the_vae_gan_loss_with_targets_made_on_the_device_equals_monais(criterion):
+    from monai.losses import PatchAdversarialLoss
+
+    from medgen.losses.vae import DeviceTargetsAdversarialLoss
+
+    ours, monais = DeviceTargetsAdversarialLoss(criterion=criterion), PatchAdversarialLoss(criterion=criterion)
+    logits = [torch.randn(2, 1, 5, 5, dtype=dtype) for dtype in (torch.float32, torch.float64)]
+    for real, for_disc in ((True, True), (False, True), (True, False)):
+        for x in (logits[0], logits):  # one discriminator output, and a list of them (multi-scale)
+            assert torch.equal(ours(x, real, for_disc), monais(x, real, for_disc)), (criterion, real, for_disc)

@@ -5,7 +5,9 @@ optimiser step, EMA) and the loop's bookkeeping (loss sums, skipped-step counts,
 from memory, so that only the training loop runs while reads are watched.
 
 On the CPU every host read of a tensor a step makes is caught (``.item()``, ``bool()``, ``.tolist()``, a copy
-to the CPU, data-dependent shapes ...): on a GPU each of them waits for the queue. With MEDGEN_SYNC_DEVICE=cuda
+to the CPU, data-dependent shapes ...): on a GPU each of them waits for the queue. So is every tensor made from
+host values (``torch.tensor(1)``): on a GPU it becomes a copy to the device from pageable memory, which waits too
+(MONAI's ``PatchAdversarialLoss`` makes its targets that way; medgen's loss does not). With MEDGEN_SYNC_DEVICE=cuda
 (``benchmarks/gpu_check.sh``) the steps run on the GPU under ``torch.cuda.set_sync_debug_mode("error")``, which
 also catches copies to the device that wait.
 """
@@ -31,6 +33,7 @@ HOST_READS = {
     torch.Tensor.__index__, torch.Tensor.numpy, torch.Tensor.cpu, torch.Tensor.nonzero, torch.nonzero,
     torch.Tensor.masked_select, torch.masked_select, torch.Tensor.unique, torch.unique, torch.equal, torch.allclose,
     torch.is_nonzero, torch.Tensor.__repr__, torch.Tensor.__format__, torch.Tensor.repeat_interleave,
+    torch.tensor, torch.as_tensor,  # host values to a new tensor: a waiting copy when it goes to a GPU
 }
 
 
@@ -162,3 +165,24 @@ def test_the_watch_catches_a_read(tmp_path, monkeypatch):
         return
     trainer.train_epoch()
     assert len(reads.calls) == 2 and all("TensorBase.item" in c and "test_host_syncs.py" in c for c in reads.calls)
+
+
+def test_a_latent_diffusion_step_walks_no_module_tree(tmp_path, monkeypatch):
+    """After the first step, the LDM step (guarded optimiser step, EMA) never iterates a network's modules: walking
+    the shipped UNet's tree costs about half a millisecond each time, more than a GPU step's kernels take to queue."""
+    trainer, shape = _ldm(tmp_path, "log_interval=1000")
+    batch_size = trainer.train_cfg.batch_size
+    latents = torch.rand(batch_size, *shape).to(DEVICE)
+    labels = torch.tensor([0, 1] * (batch_size // 2), device=DEVICE)
+    trainer.train_step(latents, labels)
+    walks = []
+    original = torch.nn.Module.named_modules
+
+    def counting(self, *args, **kwargs):
+        walks.append(type(self).__name__)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "named_modules", counting)
+    trainer.train_step(latents, labels)
+    trainer.train_step(latents, labels)
+    assert walks == []

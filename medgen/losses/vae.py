@@ -39,9 +39,23 @@ def reconstruction_loss(kind: str) -> nn.Module:
     return {"l1": nn.L1Loss(), "l2": nn.MSELoss()}[kind]
 
 
+class DeviceTargetsAdversarialLoss(PatchAdversarialLoss):
+    """MONAI's ``PatchAdversarialLoss`` with its target and zero tensors made on the discriminator output's device.
+    MONAI builds them from host values (``torch.tensor(1)...to(device)``): on a GPU that is a copy to the device
+    that waits for every queued kernel, three times per VAE-GAN step. The values are the same."""
+
+    def get_target_tensor(self, input: torch.Tensor, target_is_real: bool) -> torch.Tensor:
+        label = self.real_label if target_is_real else self.fake_label
+        return torch.full((), label, dtype=input.dtype, device=input.device).expand_as(input)
+
+    def get_zero_tensor(self, input: torch.Tensor) -> torch.Tensor:
+        return torch.zeros((), dtype=input.dtype, device=input.device).expand_as(input)
+
+
 def adversarial_loss() -> PatchAdversarialLoss:
-    """Least-squares patch-adversarial loss (MONAI), as in latent-diffusion autoencoder training."""
-    return PatchAdversarialLoss(criterion="least_squares")
+    """Least-squares patch-adversarial loss (MONAI's, targets made on the device), as in latent-diffusion
+    autoencoder training."""
+    return DeviceTargetsAdversarialLoss(criterion="least_squares")
 
 
 @contextlib.contextmanager
