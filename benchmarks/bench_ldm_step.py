@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from monai.inferers import DiffusionInferer
 
-from bench_train_step import MODES, interleaved_times, max_diff, mode_figures, run_info, train_from_same_weights, write_result
+from bench_train_step import (MODES, interleaved_times, max_diff, mode_figures, print_profile, profile_steps, run_info,
+                              train_from_same_weights, write_result)
 from medgen.config import load_config, to_dict
 from medgen.io.checkpoint import save_checkpoint
 from medgen.models.autoencoder import build_autoencoder
@@ -85,6 +86,9 @@ def main(argv=None) -> dict:
                    help="medgen's EMA of the UNet (the shipped 0.999); 'null': none, the tutorials' math exactly")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", type=Path, help="write the results here")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile the tutorial loop and medgen fp32: the host's time per kind of op and the largest "
+                        "other ops (on a GPU at a small batch, the host's time is the step's rate)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     modes = ["fp32"] + [m for m in args.modes.split(",") if m and m != "fp32"]
@@ -134,6 +138,9 @@ def main(argv=None) -> dict:
         "max_weight_diff_after_one_step": tutorial_diff,
         "modes": mode_figures("latents", args.batch, step_s, first_step_s, after, args.diff_steps),
     }
+    if args.profile:
+        result["profile"] = profile_steps({"tutorial": steps["tutorial"], "fp32": steps["fp32"]}, latents, args.steps)
+        print_profile(result["profile"])
     print(f"{'step':<16}{'latents/s':>10}{'x tutorial':>12}{'first step s':>14}{'rel. diff':>11}")
     print(f"{'tutorial-style':<16}{result['baseline_latents_per_s']:>10.2f}{1.0:>12.2f}")
     for mode, r in result["modes"].items():

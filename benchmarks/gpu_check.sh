@@ -34,7 +34,7 @@ fi
 if [[ $DRY == 1 ]]; then
     DEV=cpu; TAG=dry; OUT=${OUT_DIR:-$(mktemp -d)}
     VAE_ARGS=(--size 32 --batch 2 --channels [8,8,8] --steps 1 --rounds 1 --diff-steps 2 --modes fp32,bf16)
-    LDM_ARGS=(--latent-size 8 --batch 2 --channels [8,8,8] --steps 1 --rounds 1 --diff-steps 2 --modes fp32,bf16)
+    LDM_ARGS=(--latent-size 8 --batch 2 --channels [8,8,8] --steps 1 --rounds 1 --diff-steps 2 --modes fp32,bf16 --profile)
     DDP_SETS=(--set backend=gloo --set autoencoder_train.patch_size=[32,32] --set autoencoder_def.channels=[8,16]
               --set autoencoder_def.norm_num_groups=4 --set autoencoder_def.attention_levels=[false,true]
               --set discriminator_def.channels=8 --set autoencoder_train.perceptual_weight=0)
@@ -43,7 +43,7 @@ if [[ $DRY == 1 ]]; then
 else
     DEV=cuda; TAG=cuda; OUT=${OUT_DIR:-benchmarks/results}
     VAE_ARGS=(--size 128 --batch 8 --channels [64,128,128] --steps 20 --rounds 4 --diff-steps 5 --modes fp32,bf16)
-    LDM_ARGS=(--latent-size 64 --batch 8 --channels [128,256,256] --steps 20 --rounds 4 --diff-steps 5 --modes fp32,bf16)
+    LDM_ARGS=(--latent-size 64 --batch 8 --channels [128,256,256] --steps 20 --rounds 4 --diff-steps 5 --modes fp32,bf16 --profile)
     DDP_SETS=(--set backend=nccl --set autoencoder_train.patch_size=[128,128] --set autoencoder_train.perceptual_weight=0)
     VAE_LARGE=(--size 256 --batch 32 --channels [64,128,128] --steps 10 --rounds 3 --diff-steps 3 --modes fp32,bf16)
     LDM_LARGE=(--latent-size 64 --batch 64 --channels [128,256,256] --steps 10 --rounds 3 --diff-steps 3 --modes fp32,bf16)
