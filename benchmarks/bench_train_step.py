@@ -26,9 +26,10 @@ import time
 from pathlib import Path
 
 import torch
+from monai.losses import PatchAdversarialLoss
 
 from medgen.config import load_config
-from medgen.losses.vae import adversarial_loss, kl_loss
+from medgen.losses.vae import kl_loss
 from medgen.training.distributed import DistInfo
 from medgen.training.vae import VAETrainer
 
@@ -37,14 +38,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 class TutorialLoop:
     """The MONAI tutorial's step: discriminator not frozen in the generator step, real and fake through the
-    discriminator separately, losses read back with .item() every step."""
+    discriminator separately, MONAI's ``PatchAdversarialLoss`` (its targets copied from the host each call),
+    losses read back with .item() every step."""
 
     def __init__(self, autoencoder, discriminator, lr, betas, kl_weight, adv_weight):
         self.ae, self.disc = autoencoder, discriminator
         self.opt_g = torch.optim.Adam(self.ae.parameters(), lr=lr, betas=betas)
         self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=lr, betas=betas)
         self.l1 = torch.nn.L1Loss()
-        self.adv = adversarial_loss()
+        self.adv = PatchAdversarialLoss(criterion="least_squares")
         self.kl_weight, self.adv_weight = kl_weight, adv_weight
 
     def step(self, images):
