@@ -113,7 +113,7 @@ def main(argv=None) -> dict:
     latents = torch.randn(args.batch, args.latent_channels, *[args.latent_size] * n,
                           generator=torch.Generator().manual_seed(0)).to(device)
 
-    after_one, after, first_step_s = train_from_same_weights(trainers, lambda tr: tr.train_step(latents), unet_weights,
+    after_one, after, first_step_s, memory = train_from_same_weights(trainers, lambda tr: tr.train_step(latents), unet_weights,
                                                              args.diff_steps, device)
     torch.manual_seed(1)
     baseline.step(latents)
@@ -136,16 +136,17 @@ def main(argv=None) -> dict:
         "medgen_latents_per_s": args.batch / step_s["fp32"],
         "ratio": base_s / step_s["fp32"],
         "max_weight_diff_after_one_step": tutorial_diff,
-        "modes": mode_figures("latents", args.batch, step_s, first_step_s, after, args.diff_steps),
+        "modes": mode_figures("latents", args.batch, step_s, first_step_s, after, args.diff_steps, memory),
     }
     if args.profile:
-        result["profile"] = profile_steps({"tutorial": steps["tutorial"], "fp32": steps["fp32"]}, latents, args.steps)
+        result["profile"] = profile_steps({k: steps[k] for k in ("tutorial", "fp32", "graphs") if k in steps}, latents, args.steps)
         print_profile(result["profile"])
     print(f"{'step':<16}{'latents/s':>10}{'x tutorial':>12}{'first step s':>14}{'rel. diff':>11}")
     print(f"{'tutorial-style':<16}{result['baseline_latents_per_s']:>10.2f}{1.0:>12.2f}")
     for mode, r in result["modes"].items():
         print(f"{'medgen ' + mode:<16}{r['latents_per_s']:>10.2f}{r['ratio_to_tutorial']:>12.2f}{r['first_step_s']:>14.1f}"
-              f"{r['relative_weight_diff_to_fp32']:>11.2e}")
+              f"{r['relative_weight_diff_to_fp32']:>11.2e}"
+              + (f"  peak {r['peak_mb']:.0f} MB, held {r['held_mb']:.0f} MB" if "peak_mb" in r else ""))
     print(f"tutorial vs medgen fp32 UNet weights after one step differ by at most {tutorial_diff:.1e}")
     return write_result(result, args.json)
 

@@ -76,6 +76,8 @@ MODES = {  # name: config overrides of medgen's step
     "bf16": ["amp=true"],
     "compile": ["compile=true"],
     "compile_bf16": ["compile=true", "amp=true"],
+    "graphs": ["cuda_graphs=true"],  # CUDA only (elsewhere the step runs eagerly, as fp32 / bf16)
+    "graphs_bf16": ["cuda_graphs=true", "amp=true"],
 }
 
 
@@ -120,7 +122,8 @@ def interleaved_times(steps: dict, batch, per_round: int, rounds: int, device: t
     return {name: statistics.median(v) for name, v in times.items()}
 
 
-def mode_figures(unit: str, batch: int, step_s: dict, first_step_s: dict, after: dict, diff_steps: int) -> dict:
+def mode_figures(unit: str, batch: int, step_s: dict, first_step_s: dict, after: dict, diff_steps: int,
+                 memory: dict | None = None) -> dict:
     """Per medgen mode: rate, ratios to the tutorial loop and to fp32, first step (compilation) and weights
     after ``diff_steps`` steps against fp32's (largest difference; L2 distance over fp32's L2 move)."""
     moved = l2_diff(after["fp32"], after["start"])
@@ -132,6 +135,7 @@ def mode_figures(unit: str, batch: int, step_s: dict, first_step_s: dict, after:
         "compile_s": first_step_s[mode] - first_step_s["fp32"] if "compile" in mode else 0.0,
         f"max_weight_diff_to_fp32_after_{diff_steps}_steps": max_diff(after[mode], after["fp32"]),
         "relative_weight_diff_to_fp32": l2_diff(after[mode], after["fp32"]) / moved if moved else 0.0,
+        **(memory or {}).get(mode, {}),
     } for mode in first_step_s}
 
 
@@ -151,11 +155,19 @@ def write_result(result: dict, path: Path | None) -> dict:
 
 def train_from_same_weights(trainers: dict, step, weights_of, n_steps: int, device: torch.device):
     """Run ``step(trainer)`` ``n_steps`` times for each trainer (all from the same weights), each from the same
-    seed. Returns fp32's weights after its first step, every trainer's after the last, and the seconds of each
-    trainer's first step (the compiled modes compile there)."""
-    first_step_s, after = {}, {}
+    seed. Returns fp32's weights after its first step, every trainer's after the last, the seconds of each
+    trainer's first step (the compiled modes compile there, graphs capture) and, on a GPU, each trainer's memory:
+    the peak its steps allocated above what was allocated before them (``peak_mb``: optimiser state, activations,
+    a capture) and what it still holds after them (``held_mb``: a graph keeps its own pool)."""
+    first_step_s, after, memory = {}, {}, {}
+    cuda = device.type == "cuda"
     for mode, trainer in trainers.items():
         torch.manual_seed(1)
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+            allocated, reserved = torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
+            torch.cuda.reset_peak_memory_stats()
         for i in range(n_steps):
             t0 = time.perf_counter()
             step(trainer)
@@ -166,7 +178,12 @@ def train_from_same_weights(trainers: dict, step, weights_of, n_steps: int, devi
                 if mode == "fp32":
                     after_one = weights_of(trainer)
         after[mode] = weights_of(trainer)
-    return after_one, after, first_step_s
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+            memory[mode] = {"peak_mb": round((torch.cuda.max_memory_allocated() - allocated) / 2**20, 1),
+                            "held_mb": round((torch.cuda.memory_reserved() - reserved) / 2**20, 1)}
+    return after_one, after, first_step_s, memory
 
 
 def op_category(name: str) -> str:
@@ -223,7 +240,8 @@ def main(argv=None) -> dict:
     p.add_argument("--size", type=int, default=64, help="image side")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--channels", default="[32,64,64]")
-    p.add_argument("--modes", default=",".join(MODES), help=f"medgen modes to run, of {', '.join(MODES)} (fp32 always)")
+    p.add_argument("--modes", help=f"medgen modes to run, of {', '.join(MODES)} (fp32 always; default: all, the graphs "
+                                   "modes on a GPU only)")
     p.add_argument("--steps", type=int, default=5, help="steps per round")
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--diff-steps", type=int, default=5, help="steps before comparing each mode's weights with fp32's")
@@ -236,6 +254,7 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    args.modes = args.modes or ",".join(m for m in MODES if "graphs" not in m or args.device.startswith("cuda"))
     modes = ["fp32"] + [m for m in args.modes.split(",") if m and m != "fp32"]
     load_before = os.getloadavg()
 
@@ -256,7 +275,7 @@ def main(argv=None) -> dict:
     images = torch.rand(args.batch, 1, *[args.size] * n, generator=torch.Generator().manual_seed(0)).to(device)
 
     # Same math, and what each mode changes: --diff-steps steps of each from the same weights and noise.
-    after_one, after, first_step_s = train_from_same_weights(
+    after_one, after, first_step_s, memory = train_from_same_weights(
         trainers, lambda tr: tr.train_step(images, adversarial=True), weights, args.diff_steps, device)
     torch.manual_seed(1)
     baseline.step(images)
@@ -280,11 +299,11 @@ def main(argv=None) -> dict:
         "medgen_imgs_per_s": args.batch / step_s["fp32"],
         "ratio": base_s / step_s["fp32"],
         "max_weight_diff_after_one_step": tutorial_diff,
-        "modes": mode_figures("imgs", args.batch, step_s, first_step_s, after, args.diff_steps),
+        "modes": mode_figures("imgs", args.batch, step_s, first_step_s, after, args.diff_steps, memory),
         "fp32_weights_moved_l2": moved,
     }
     if args.profile:
-        prof = profile_steps({"tutorial": steps["tutorial"], "fp32": steps["fp32"]}, images, args.steps)
+        prof = profile_steps({k: steps[k] for k in ("tutorial", "fp32", "graphs") if k in steps}, images, args.steps)
         # What medgen's step would take if everything but its convolutions cost nothing: no rewrite of the
         # step that keeps its math can beat the tutorial loop by more than this on this machine.
         bound = step_s["tutorial"] * 1e3 / prof["fp32"]["convolution_ms"]
@@ -295,7 +314,8 @@ def main(argv=None) -> dict:
     print(f"{'tutorial-style':<16}{result['baseline_imgs_per_s']:>10.2f}{1.0:>12.2f}{step_s['fp32'] / base_s:>8.2f}")
     for mode, r in result["modes"].items():
         print(f"{'medgen ' + mode:<16}{r['imgs_per_s']:>10.2f}{r['ratio_to_tutorial']:>12.2f}{r['ratio_to_fp32']:>8.2f}"
-              f"{r['first_step_s']:>14.1f}{r['relative_weight_diff_to_fp32']:>13.2e}")
+              f"{r['first_step_s']:>14.1f}{r['relative_weight_diff_to_fp32']:>13.2e}"
+              + (f"  peak {r['peak_mb']:.0f} MB, held {r['held_mb']:.0f} MB" if "peak_mb" in r else ""))
     print(f"tutorial vs medgen fp32 weights after one step differ by at most {tutorial_diff:.1e}; rel. diff: L2 distance "
           f"to fp32's weights after {args.diff_steps} steps over the L2 distance fp32 moved them ({moved:.1e})")
     return write_result(result, args.json)

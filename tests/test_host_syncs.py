@@ -128,6 +128,9 @@ CASES = {
     "wgan_gp_ema": (_wgan, ("wgan_train.ema_decay=0.9",)),
     "gan_clip": (_wgan, ("wgan_train.method=gan", "wgan_train.grad_clip=1.0", "wgan_train.feature_matching_weight=1.0")),
     "ldm_ema_accum": (_ldm, ("ldm_train.grad_accum_steps=2",)),
+    # on a GPU the warm-up steps capture the graphs and the watched steps replay them (on a CPU: eager, as above)
+    "vae_graphs": (_vae, ("cuda_graphs=true", "amp=true")),
+    "ldm_graphs": (_ldm, ("cuda_graphs=true",)),
 }
 
 

@@ -76,6 +76,9 @@ class RunConfig:
     num_workers: int = 4  # DataLoader worker processes per rank
     amp: bool = False  # mixed precision: bf16 autocast on CPU and recent GPUs, fp16 + loss scaling on older GPUs
     compile: bool = False  # torch.compile the networks' forward passes (a one-off compile time; see benchmarks/README.md)
+    # replay the networks' forward and backward passes from CUDA graphs: the host queues two graphs a step instead
+    # of a thousand kernels, the same kernels and values as without (one GPU, grad_accum_steps=1; see README)
+    cuda_graphs: bool = False
     checkpoint_interval: int = 1  # write run_dir/checkpoints/last.pt every N epochs (and at the end)
     log_interval: int = 10  # steps between scalar logs (losses are averaged over them)
     num_val_images: int = 4  # images in the TensorBoard validation grid

@@ -50,6 +50,7 @@ from medgen.io.discovery import discover_items
 from medgen.io.files import write_text_atomic
 from medgen.training.checkpointer import Checkpointer, NonFiniteTraining, Record, changed_settings, resume_path
 from medgen.training.distributed import DistInfo, agreed_max, broadcast_object, cleanup, init_distributed, scaled_lr
+from medgen.training.graphs import CudaGraphs, graphs_unavailable
 from medgen.training.step_state import ScalarSums, SkippedSteps, any_set, ema_on_device, ema_update, guarded_step
 
 log = logging.getLogger("medgen.train")
@@ -62,13 +63,14 @@ class Precision:
 
     def __init__(self, amp: bool, device: torch.device):
         self.enabled = amp
+        self.cache = True  # autocast's cache of cast weights (off under CUDA graphs, which cannot capture it)
         self.device_type = device.type
         bf16 = device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported())
         self.dtype = torch.bfloat16 if bf16 else torch.float16
         self.needs_scaler = amp and self.dtype == torch.float16
 
     def autocast(self):
-        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.enabled)
+        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.enabled, cache_enabled=self.cache)
 
     def scaler(self) -> torch.amp.GradScaler:
         return torch.amp.GradScaler(self.device_type if self.device_type == "cuda" else "cpu", enabled=self.needs_scaler)
@@ -194,6 +196,8 @@ class Trainer:
     best_metric: ClassVar[str | None] = None
     #: True when the lower ``best_metric`` is the better (a loss), False when the higher (PSNR)
     best_lower: ClassVar[bool] = False
+    #: why ``cuda_graphs=true`` does not apply to this method (None: its step calls its networks through them)
+    no_cuda_graphs: ClassVar[str | None] = None
 
     def __init__(self, cfg, dist_info: DistInfo | None = None, train_items: Sequence[dict] | None = None,
                  val_items: Sequence[dict] | None = None):
@@ -231,6 +235,16 @@ class Trainer:
         if cfg.compile:
             for module in self.compiled_networks():
                 module.compile()  # in place: the same parameters and state_dict keys, so checkpoints do not change
+        why_not = self.no_cuda_graphs or graphs_unavailable(self.dist.device, self.dist.distributed, self.grad_accum_steps,
+                                                            cfg.compile)
+        self.graphs = CudaGraphs(cfg.cuda_graphs and why_not is None)  # call a step's network through self.graphs
+        self.precision.cache = not self.graphs.enabled
+        if cfg.cuda_graphs and self.dist.is_main:
+            if why_not:
+                log.warning("cuda_graphs=true is off for this run: %s", why_not)
+            else:
+                log.info("cuda_graphs: each network's forward and backward are captured at the first step of each "
+                         "input shape and replayed from CUDA graphs")
         torch.manual_seed(cfg.seed + self.dist.rank)  # per-rank randomness from here on (noise, crops)
         if train_items is not None:
             self.set_data(train_items, val_items or [])

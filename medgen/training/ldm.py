@@ -202,7 +202,7 @@ class LDMTrainer(Trainer):
         x0 = z * self.stats.scale_factor
         noisy = self.noise_scheduler.add_noise(original_samples=x0, noise=noise, timesteps=timesteps)
         with self.precision.autocast():
-            pred = model(noisy, timesteps=timesteps, class_labels=labels)
+            pred = self.graphs(model, noisy, timesteps=timesteps, class_labels=labels)
         return F.mse_loss(pred.float(), training_target(self.cfg.ldm_train.scheduler, x0, noise))
 
     def _timesteps(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -90,7 +90,7 @@ class VAETrainer(Trainer):
         adversarial = self.adversarial if adversarial is None else adversarial
         zero = images.new_zeros(())
         with self.precision.autocast():
-            recon, z_mu, z_sigma = self.ae_ddp(images)
+            recon, z_mu, z_sigma = self.graphs(self.ae_ddp, images)
             recon32 = recon.float()
             l_rec = self.recon_loss(recon32, images)
             l_kl = kl_loss(z_mu.float(), z_sigma.float())
@@ -102,7 +102,7 @@ class VAETrainer(Trainer):
             if adversarial:
                 # Frozen and unwrapped: no parameter gradients and no DDP hooks for the discriminator here.
                 self.discriminator.requires_grad_(False)
-                logits_fake = self.discriminator(recon)[-1]
+                logits_fake = self.graphs(self.discriminator, recon)[-1]
                 l_adv = self.adv_loss(logits_fake.float(), target_is_real=True, for_discriminator=False)
                 loss_g = loss_g + t.adv_weight * l_adv
         self.optimizer_step(loss_g, self.opt_g, self.scaler_g, self.autoencoder, t.grad_clip)
@@ -112,7 +112,7 @@ class VAETrainer(Trainer):
             self.discriminator.requires_grad_(True)
             with self.precision.autocast():
                 # real and fake in one forward (instance/group norm: same result as two, half the calls)
-                logits = self.disc_ddp(torch.cat([images, recon.detach()]))[-1].float()
+                logits = self.graphs(self.disc_ddp, torch.cat([images, recon.detach()]))[-1].float()
                 real, fake = logits.split(images.shape[0])
                 l_real = self.adv_loss(real, target_is_real=True, for_discriminator=True)
                 l_fake = self.adv_loss(fake, target_is_real=False, for_discriminator=True)

@@ -59,6 +59,7 @@ class WGANTrainer(Trainer):
     command_help = "train a WGAN-GP or GAN (same as scripts/train_wgan.py)"
     example_config, example_set = "wgan_config.json", "wgan_train.n_critic=5"
     resume_keys = ("generator", "critic", "wgan_train.image_size")
+    no_cuda_graphs = "the WGAN/GAN steps run eagerly (the gradient penalty differentiates through a backward pass)"
 
     @staticmethod
     def data_patch_size(cfg: WGANConfig) -> tuple[int, ...]:
