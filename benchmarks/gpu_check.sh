@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check: on a GPU machine, in about 5 minutes (10 with --compile), it runs
+# The GPU check: on a GPU machine, in about 7.5 minutes (12 with --compile), it runs
 #   1. the training-step benchmarks, VAE-GAN and latent diffusion against the tutorial loops, fp32 and bf16, at
 #      the shipped batch (8: a few milliseconds of small kernels a step, where queueing them decides the rate)
 #      and at a batch that fills the GPU (VAE-GAN 256² x 32, LDM 64 latents), where bf16's tensor cores show, and

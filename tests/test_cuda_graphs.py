@@ -102,6 +102,23 @@ def test_each_input_signature_is_captured_once_and_replayed(captures, caplog):
     assert caplog.text.count("more than 4 input shapes") == 1
 
 
+def test_a_capture_out_of_memory_trains_that_network_eagerly(monkeypatch, caplog):
+    def no_room(module, samples, allow_unused_input=False):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", no_room)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    graphs, net = CudaGraphs(True), Net()
+    x, t = torch.rand(2, 1, 4, 4), torch.tensor([1, 2])
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            out = graphs(net, x, timesteps=t)
+        graphs(net, torch.rand(3, 1, 4, 4), timesteps=torch.arange(3))
+    torch.testing.assert_close(out, net(x, timesteps=t))
+    assert caplog.text.count("ran out of GPU memory; it trains eagerly from here") == 1  # tried once, said once
+    assert "more than" not in caplog.text
+
+
 def test_disabled_graphs_call_the_network(captures):
     net = Net()
     x, t = torch.rand(2, 1, 4, 4), torch.tensor([1, 2])

@@ -91,9 +91,22 @@ class CudaGraphs:
             # The capture's autograd nodes for the parameters live on its side stream, so each replayed backward
             # hands their gradients across streams: a wait queued on the device (no host sync; the replays are
             # measured with it, benchmarks/README.md), about which PyTorch warns once per process.
-            torch.autograd.graph.set_warn_on_accumulate_grad_stream_mismatch(False)
+            quiet = getattr(torch.autograd.graph, "set_warn_on_accumulate_grad_stream_mismatch", None)  # recent torch only
+            if quiet is not None:
+                quiet(False)
             samples = tuple(t.detach().clone().requires_grad_(t.requires_grad) for t in tensors)
-            graphed = torch.cuda.make_graphed_callables(_Call(net, len(args), names), samples, allow_unused_input=True)
+            try:
+                graphed = torch.cuda.make_graphed_callables(_Call(net, len(args), names), samples, allow_unused_input=True)
+            except torch.cuda.OutOfMemoryError:
+                # a graph keeps its activations' memory; where a step only just fits, train this network eagerly
+                del samples
+                torch.cuda.empty_cache()
+                self._count[id(net)] = self.max_signatures
+                self._warned.add(id(net))
+                log.warning("cuda_graphs: capturing %s for inputs %s ran out of GPU memory; it trains eagerly from "
+                            "here (a graph holds its activations between steps; cuda_graphs=false turns graphs off)",
+                            type(net).__name__, [tuple(t.shape) for t in tensors])
+                return net(*args, **kwargs)
             self._graphed[key] = graphed
             self._count[id(net)] = self._count.get(id(net), 0) + 1
             log.debug("cuda_graphs: captured %s for inputs %s", type(net).__name__, [tuple(t.shape) for t in tensors])
