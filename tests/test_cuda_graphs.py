@@ -128,20 +128,19 @@ def test_disabled_graphs_call_the_network(captures):
 
 def _trainers(tmp_path, kind, *extra):
     """Two trainers from the same seed on the GPU, eager and with graphs."""
+    from medgen.training.ldm import LDMTrainer
+    from medgen.training.vae import VAETrainer
+    from test_train_ldm import vae_checkpoint
+
+    vae = vae_checkpoint(tmp_path / "vae.pt") if kind == "ldm" else None
     out = []
     for graphs in (False, True):
         run = tmp_path / f"{kind}_{graphs}"
         if kind == "ldm":
-            from medgen.training.ldm import LDMTrainer
-            from test_train_ldm import vae_checkpoint
-
-            vae = vae_checkpoint(tmp_path / "vae.pt")
             cfg = load_config(ROOT / "ldm_config.json", [*TINY_LDM, f"run_dir={run}", f"autoencoder_checkpoint={vae}",
                                                          f"cuda_graphs={str(graphs).lower()}", *extra])
             out.append(LDMTrainer(cfg, DistInfo(device=CUDA)))
         else:
-            from medgen.training.vae import VAETrainer
-
             cfg = load_config(ROOT / "vae_config.json", [*TINY, f"run_dir={run}", f"cuda_graphs={str(graphs).lower()}",
                                                          "autoencoder_train.adv_warmup_epochs=0", *extra])
             out.append(VAETrainer(cfg, DistInfo(device=CUDA)))
@@ -149,8 +148,8 @@ def _trainers(tmp_path, kind, *extra):
 
 
 def _weights(trainer) -> list[torch.Tensor]:
-    return [p.detach().clone() for p in trainer.checkpointer.components["unet" if hasattr(trainer, "unet")
-                                                                           else "autoencoder"].parameters()]
+    net = trainer.unet if hasattr(trainer, "unet") else trainer.autoencoder
+    return [p.detach().clone() for p in net.parameters()]
 
 
 @needs_gpu

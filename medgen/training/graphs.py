@@ -63,9 +63,8 @@ class CudaGraphs:
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
-        self._graphed: dict[tuple, torch.nn.Module] = {}
-        self._count: dict[int, int] = {}
-        self._warned: set[int] = set()
+        self._graphed: dict[tuple, torch.nn.Module] = {}  # by (id(net), input signature)
+        self._eager: set[int] = set()  # networks whose new signatures run eagerly (past max_signatures, or no memory)
         self._params: dict[int, list[torch.nn.Parameter]] = {}
 
     def __call__(self, net: torch.nn.Module, *args: torch.Tensor, **kwargs: torch.Tensor | None):
@@ -81,12 +80,13 @@ class CudaGraphs:
                *((tuple(t.shape), t.dtype, t.requires_grad) for t in tensors))
         graphed = self._graphed.get(key)
         if graphed is None:
-            if self._count.get(id(net), 0) >= self.max_signatures:
-                if id(net) not in self._warned:
-                    self._warned.add(id(net))
-                    log.warning("cuda_graphs: %s was called with more than %d input shapes; the others run eagerly "
-                                "(fixed patch and batch sizes keep every step on a graph)", type(net).__name__,
-                                self.max_signatures)
+            if id(net) in self._eager:
+                return net(*args, **kwargs)
+            if sum(k[0] == id(net) for k in self._graphed) >= self.max_signatures:
+                self._eager.add(id(net))
+                log.warning("cuda_graphs: %s was called with more than %d input shapes; the others run eagerly "
+                            "(fixed patch and batch sizes keep every step on a graph)", type(net).__name__,
+                            self.max_signatures)
                 return net(*args, **kwargs)
             # The capture's autograd nodes for the parameters live on its side stream, so each replayed backward
             # hands their gradients across streams: a wait queued on the device (no host sync; the replays are
@@ -101,13 +101,11 @@ class CudaGraphs:
                 # a graph keeps its activations' memory; where a step only just fits, train this network eagerly
                 del samples
                 torch.cuda.empty_cache()
-                self._count[id(net)] = self.max_signatures
-                self._warned.add(id(net))
+                self._eager.add(id(net))
                 log.warning("cuda_graphs: capturing %s for inputs %s ran out of GPU memory; it trains eagerly from "
                             "here (a graph holds its activations between steps; cuda_graphs=false turns graphs off)",
                             type(net).__name__, [tuple(t.shape) for t in tensors])
                 return net(*args, **kwargs)
             self._graphed[key] = graphed
-            self._count[id(net)] = self._count.get(id(net), 0) + 1
             log.debug("cuda_graphs: captured %s for inputs %s", type(net).__name__, [tuple(t.shape) for t in tensors])
         return graphed(*tensors)
